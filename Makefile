@@ -1,0 +1,34 @@
+# Two commands set everything up on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+CONFIG ?= config/proxy.yaml
+
+.PHONY: run test lint typecheck check clean
+
+$(BIN)/analytics-proxy: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.test-deps: $(BIN)/analytics-proxy
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+run: $(BIN)/analytics-proxy
+	$(BIN)/analytics-proxy serve --config $(CONFIG)
+
+test: $(VENV)/.test-deps
+	$(BIN)/ruff check proxy tests
+	$(BIN)/mypy
+	$(BIN)/pytest
+
+lint: $(VENV)/.test-deps
+	$(BIN)/ruff check proxy tests
+
+typecheck: $(VENV)/.test-deps
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,84 @@
+"""GA4 ``/g/collect`` requests: parsing into a ``Beacon`` and re-encoding (ga4-collect.md §2).
+
+A request carries shared parameters in its query and zero or more events, one per body line.
+An event's effective parameters are the query's overlaid with its line's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, quote
+
+MAX_BODY = 64 * 1024  # a browser's keepalive/beacon budget: a real body is never larger
+MAX_QUERY = 16 * 1024
+MAX_EVENTS = 100  # gtag batches far fewer; more is not a browser
+
+Params = dict[str, str]
+_SAFE = "._~-!*()'"  # what encodeURIComponent leaves alone
+
+
+class MalformedBeacon(ValueError):
+    """The request is not a GA4 beacon. The message is a reason code, never input data."""
+
+
+@dataclass(slots=True)
+class Beacon:
+    """One parsed request: shared (query) parameters and the body's event lines."""
+
+    shared: Params
+    lines: list[Params]
+
+    @property
+    def tid(self) -> str:
+        return self.shared.get("tid", "")
+
+    def events(self) -> list[Params]:
+        """Effective parameters of each event (a body line wins over the query)."""
+        if not self.lines:
+            return [self.shared]
+        return [{**self.shared, **line} for line in self.lines]
+
+
+def _parse_params(text: str) -> Params:
+    # strict_parsing off: gtag sends bare flags such as "richsstsse" with no "=".
+    return dict(parse_qsl(text, keep_blank_values=True, errors="strict"))
+
+
+def parse(query: str, body: bytes | str = b"") -> Beacon:
+    """Parse a query string and body; raise ``MalformedBeacon`` with a reason code."""
+    if len(query) > MAX_QUERY:
+        raise MalformedBeacon("query_too_long")
+    if isinstance(body, bytes):
+        if len(body) > MAX_BODY:
+            raise MalformedBeacon("too_large")
+        try:
+            body = body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise MalformedBeacon("undecodable") from None
+    try:
+        shared = _parse_params(query)
+        lines = [_parse_params(line) for line in body.replace("\r\n", "\n").split("\n") if line]
+    except UnicodeDecodeError:
+        raise MalformedBeacon("undecodable") from None
+    if len(lines) > MAX_EVENTS:
+        raise MalformedBeacon("too_many_events")
+    beacon = Beacon(shared, lines)
+    for event in beacon.events():
+        if event.get("v") != "2":
+            raise MalformedBeacon("no_v2")
+        if not event.get("tid"):
+            raise MalformedBeacon("no_tid")
+    if any(line.get("tid", beacon.tid) != beacon.tid for line in lines):
+        # One request goes to one property; a line claiming another would slip past the check.
+        raise MalformedBeacon("mixed_tid")
+    return beacon
+
+
+def encode_params(params: Params) -> str:
+    """URL-encode like gtag's encodeURIComponent (space as %20, not +)."""
+    return "&".join(f"{quote(k, safe=_SAFE)}={quote(v, safe=_SAFE)}" for k, v in params.items())
+
+
+def encode_body(lines: list[Params]) -> str:
+    """One event per line, ``\\n``-separated (the form gtag itself sends)."""
+    return "\n".join(encode_params(line) for line in lines)

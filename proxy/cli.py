@@ -1,0 +1,106 @@
+"""``analytics-proxy``: ``serve`` the proxy, ``explain`` what it does to a beacon."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+from proxy import __version__, logs
+from proxy.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load
+
+
+def _load_config(path: str | None) -> Config:
+    return load(Path(path) if path else DEFAULT_CONFIG_PATH)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from proxy import server
+
+    config = _load_config(args.config)
+    logs.setup(config.log.level)
+    asyncio.run(server.run(config))
+    return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from proxy.explain import BeaconInput, Explainer, har_beacons, load_jsonl
+
+    config = _load_config(args.config)
+    explainer = Explainer(config)
+    if args.jsonl:
+        with open(args.jsonl, encoding="utf-8") as fh:
+            beacons = list(load_jsonl(fh))
+    elif args.har:
+        with open(args.har, encoding="utf-8") as fh:
+            beacons = list(har_beacons(json.load(fh)))
+    elif args.url:
+        headers = {}
+        for header in args.header:
+            name, sep, value = header.partition(":")
+            if not sep:
+                raise SystemExit(f"--header {header!r}: expected 'Name: value'")
+            headers[name.strip()] = value.strip()
+        beacons = [
+            BeaconInput(
+                url=args.url,
+                method=args.method,
+                body=args.body or "",
+                cookie=args.cookie,
+                headers=headers,
+                country=args.country,
+                region=args.region,
+                client_ip=args.client_ip,
+            )
+        ]
+    else:
+        raise SystemExit("explain: give a URL, --jsonl FILE or --har FILE")
+
+    async def run() -> None:
+        color = sys.stdout.isatty() and not args.json
+        for index, beacon in enumerate(beacons):
+            outcome = await explainer.explain(beacon)
+            if args.json or args.jsonl:
+                print(json.dumps(explainer.to_json(outcome), ensure_ascii=False))
+            else:
+                if index:
+                    print("\n" + "─" * 72)
+                print(explainer.to_text(outcome, color))
+
+    asyncio.run(run())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="analytics-proxy", description=__doc__)
+    parser.add_argument("--version", action="version", version=__version__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the proxy")
+    serve.add_argument("--config", help=f"YAML file (default {DEFAULT_CONFIG_PATH})")
+    serve.set_defaults(func=_serve)
+    explain = sub.add_parser("explain", help="show what the proxy does to a beacon")
+    explain.add_argument("url", nargs="?", help="the beacon's URL (…/g/collect?v=2&…)")
+    explain.add_argument("--config", help=f"YAML file (default {DEFAULT_CONFIG_PATH})")
+    explain.add_argument("--cookie", help="the Cookie header the browser sent")
+    explain.add_argument("--header", action="append", default=[], metavar="'K: V'")
+    explain.add_argument("--country", help="visitor's country (ISO 3166 alpha-2)")
+    explain.add_argument("--region", help="visitor's first-level subdivision, e.g. CA")
+    explain.add_argument("--client-ip", help="visitor's address (used in memory only)")
+    explain.add_argument("--method", default="POST", choices=["GET", "POST"])
+    explain.add_argument("--body", help="request body: one event per line")
+    explain.add_argument("--json", action="store_true", help="one JSON object per beacon")
+    explain.add_argument("--jsonl", metavar="FILE", help="many beacons, one JSON object a line")
+    explain.add_argument("--har", metavar="FILE", help="every /g/collect request of a HAR file")
+    explain.set_defaults(func=_explain)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"analytics-proxy: configuration error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,291 @@
+"""Configuration: YAML file plus environment overrides, validated once into frozen objects.
+
+An unknown key, a wrong type or an impossible combination raises ``ConfigError`` naming the
+key; ``serve`` turns that into a one-line message and exit status 2.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+import yaml
+
+from proxy.consent.registry import SourceOptions, default_sources
+from proxy.regions import expand_regions
+
+DEFAULT_CONFIG_PATH = Path("config/proxy.yaml")
+EU_ENDPOINT = "https://region1.google-analytics.com/g/collect"
+DRY_RUN = "stdout"
+
+# Secrets and deployment values that may come from the environment instead of the file.
+ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
+    "ANALYTICS_PROXY_ADMIN_TOKEN": ("admin", "token"),
+    "ANALYTICS_PROXY_REDIS_URL": ("state", "redis_url"),
+    "ANALYTICS_PROXY_UPSTREAM_URL": ("upstream", "url"),
+    "ANALYTICS_PROXY_GEO_DATABASE": ("geo", "database"),
+}
+
+_MEASUREMENT_ID = re.compile(r"^G-[A-Z0-9]{4,20}$")
+_DURATION = re.compile(r"^(\d+)\s*([smhd])$")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_PARAM_NAME = re.compile(r"^[A-Za-z0-9_]{1,40}$")
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message names the key."""
+
+
+class _Strict(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    pass
+
+
+class Listen(_Strict, frozen=True):
+    host: str = "0.0.0.0"
+    port: int = 8080
+
+
+class Admin(_Strict, frozen=True):
+    host: str = "127.0.0.1"
+    port: int = 9090
+    token: str | None = None  # ANALYTICS_PROXY_ADMIN_TOKEN
+
+
+class Upstream(_Strict, frozen=True):
+    url: str = EU_ENDPOINT  # "stdout": dry run, one JSON line per forwarded request
+    timeout: float = 5.0  # seconds for one request to Google, connect included
+    connect_timeout: float = 2.0
+    max_connections: int = 64  # keep-alive pool size, and concurrent sends
+    queue_size: int = 10_000  # accepted beacons waiting to be forwarded
+    retries: int = 4  # after the first attempt, for network errors, 5xx and 429
+    backoff_initial: float = 0.2  # seconds; doubles each retry, with full jitter
+    backoff_max: float = 10.0
+
+
+class Pseudonym(_Strict, frozen=True):
+    bits: int = 32
+    rotation: str = "24h"
+    # Derive a pseudonym from (truncated address, generalised UA, tid) when a beacon has no
+    # cid, as cookieless products do; otherwise such a beacon is dropped.
+    cookieless: bool = False
+
+    @property
+    def rotation_seconds(self) -> int:
+        return parse_duration(self.rotation)
+
+
+class Location(_Strict, frozen=True):
+    mode: Literal["omit", "truncated", "country", "mesh"] = "truncated"
+    ipv4_prefix: int = 24
+    ipv6_prefix: int = 48
+
+
+class Privacy(_Strict, frozen=True):
+    profile: Literal["strict", "balanced"] = "strict"
+    pseudonym: Pseudonym = Pseudonym()
+    location: Location = Location()
+    event_params: list[str] = msgspec.field(default_factory=list)  # ep./epn. names allowed
+    user_properties: list[str] = msgspec.field(default_factory=list)  # up./upn., balanced only
+    url_query_allowlist: list[str] = msgspec.field(default_factory=list)
+    # Per-site overrides of single parameters: name -> keep | drop | scrub.
+    overrides: dict[str, Literal["keep", "drop", "scrub"]] = msgspec.field(default_factory=dict)
+    pii_detectors: list[str] | None = None  # None: the scrubber's default set
+    forward_debug: bool = False  # forward _dbg (GA DebugView) hits
+
+
+class Regimes(_Strict, frozen=True):
+    opt_in: list[str] = msgspec.field(default_factory=lambda: ["EEA", "GB", "CH"])
+    opt_out: list[str] = msgspec.field(default_factory=lambda: ["US"])
+
+
+class Defaults(_Strict, frozen=True):
+    opt_in: Literal["drop", "forward"] = "drop"
+    opt_out: Literal["drop", "forward"] = "forward"
+    other: Literal["drop", "forward"] = "drop"
+    unknown: Literal["drop", "forward"] = "drop"
+
+
+class Consent(_Strict, frozen=True):
+    gpc: Literal["deny", "ignore", "ignore_for_explicit_grant"] = "deny"
+    dnt: Literal["deny", "ignore"] = "deny"
+    regimes: Regimes = Regimes()
+    defaults: Defaults = Defaults()
+    sources: list[SourceOptions] = msgspec.field(default_factory=default_sources)
+
+
+class Geo(_Strict, frozen=True):
+    database: str | None = None
+
+
+class State(_Strict, frozen=True):
+    redis_url: str | None = None
+
+
+class Log(_Strict, frozen=True):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class Config(_Strict, frozen=True):
+    listen: Listen = Listen()
+    admin: Admin = Admin()
+    measurement_ids: list[str] = msgspec.field(default_factory=list)
+    allowed_origins: list[str] = msgspec.field(default_factory=list)
+    trusted_proxies: list[str] = msgspec.field(default_factory=lambda: ["127.0.0.1/32"])
+    upstream: Upstream = Upstream()
+    privacy: Privacy = Privacy()
+    consent: Consent = Consent()
+    geo: Geo = Geo()
+    state: State = State()
+    log: Log = Log()
+
+    @property
+    def dry_run(self) -> bool:
+        return self.upstream.url == DRY_RUN
+
+
+def parse_duration(text: str) -> int:
+    """``"24h"`` -> 86400. Raises ValueError on anything else."""
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise ValueError(f"not a duration like 90s, 30m, 24h or 7d: {text!r}")
+    return int(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def load(path: Path | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Read, override from the environment, validate. ``path=None``: embedded defaults."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+        raw = loaded or {}
+    return from_mapping(raw, os.environ if env is None else env)
+
+
+def from_mapping(raw: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Config:
+    """Validate a configuration mapping (as parsed from YAML), applying env overrides."""
+    data = _with_env(dict(raw), env or {})
+    try:
+        config = msgspec.convert(data, Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(_name_key(str(exc))) from None
+    validate(config)
+    return config
+
+
+def _with_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    for var, (section, key) in ENV_OVERRIDES.items():
+        value = env.get(var)
+        if value:
+            block = data.get(section)
+            block = dict(block) if isinstance(block, dict) else {}
+            block[key] = value
+            data[section] = block
+    return data
+
+
+def _name_key(message: str) -> str:
+    # msgspec says "... - at `$.listen.port`"; lead with the key so the operator sees it first.
+    text, sep, where = message.rpartition(" - at `")
+    if not sep:
+        return message
+    key = where.rstrip("`").removeprefix("$").lstrip(".") or "(top level)"
+    return f"{key}: {text}"
+
+
+def validate(config: Config) -> None:
+    """Checks msgspec's types cannot express: formats, ranges, combinations."""
+    if not config.measurement_ids:
+        raise ConfigError("measurement_ids: list at least one GA4 measurement ID (G-…)")
+    for mid in config.measurement_ids:
+        if not _MEASUREMENT_ID.match(mid):
+            raise ConfigError(f"measurement_ids: {mid!r} is not a GA4 measurement ID (G-…)")
+    for origin in config.allowed_origins:
+        if not re.match(r"^https?://[^/\s]+$", origin):
+            raise ConfigError(f"allowed_origins: {origin!r} must be scheme://host[:port]")
+    for net in config.trusted_proxies:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise ConfigError(f"trusted_proxies: {net!r} is not an address or network") from None
+    for section, port in (("listen", config.listen.port), ("admin", config.admin.port)):
+        if not 0 <= port <= 65535:
+            raise ConfigError(f"{section}.port: {port} is not a TCP port")
+    up = config.upstream
+    if up.url != DRY_RUN and not re.match(r"^https?://[^/\s]+/\S*$", up.url):
+        raise ConfigError(f"upstream.url: must be an http(s) URL or {DRY_RUN!r}")
+    for key, value in (
+        ("timeout", up.timeout),
+        ("connect_timeout", up.connect_timeout),
+        ("backoff_initial", up.backoff_initial),
+        ("backoff_max", up.backoff_max),
+    ):
+        if value <= 0:
+            raise ConfigError(f"upstream.{key}: must be positive")
+    for key, count in (("max_connections", up.max_connections), ("queue_size", up.queue_size)):
+        if count < 1:
+            raise ConfigError(f"upstream.{key}: must be at least 1")
+    if up.retries < 0:
+        raise ConfigError("upstream.retries: must not be negative")
+    pseudo = config.privacy.pseudonym
+    if not 8 <= pseudo.bits <= 64:
+        raise ConfigError("privacy.pseudonym.bits: must be between 8 and 64")
+    try:
+        rotation = pseudo.rotation_seconds
+    except ValueError as exc:
+        raise ConfigError(f"privacy.pseudonym.rotation: {exc}") from None
+    if not 3600 <= rotation <= 7 * 86400:
+        raise ConfigError("privacy.pseudonym.rotation: must be between 1h and 7d")
+    loc = config.privacy.location
+    if not 8 <= loc.ipv4_prefix <= 24:
+        raise ConfigError("privacy.location.ipv4_prefix: must be between 8 and 24")
+    if not 16 <= loc.ipv6_prefix <= 48:
+        raise ConfigError("privacy.location.ipv6_prefix: must be between 16 and 48")
+    if loc.mode in ("country", "mesh") and not config.geo.database:
+        raise ConfigError(f"privacy.location.mode: {loc.mode!r} needs geo.database")
+    for key, names in (
+        ("event_params", config.privacy.event_params),
+        ("user_properties", config.privacy.user_properties),
+        ("url_query_allowlist", config.privacy.url_query_allowlist),
+    ):
+        for name in names:
+            if not _PARAM_NAME.match(name):
+                raise ConfigError(f"privacy.{key}: {name!r} is not a parameter name")
+    regimes = config.consent.regimes
+    try:
+        opt_in, opt_out = expand_regions(regimes.opt_in), expand_regions(regimes.opt_out)
+    except ValueError as exc:
+        raise ConfigError(f"consent.regimes: {exc}") from None
+    both = sorted(opt_in & opt_out)
+    if both:
+        raise ConfigError(f"consent.regimes: {', '.join(both)} in both opt_in and opt_out")
+    if not config.consent.sources:
+        raise ConfigError(
+            "consent.sources: at least one source, or no beacon is ever forwarded "
+            "outside opt-out regions"
+        )
+    if config.admin.token is None and not _is_loopback(config.admin.host):
+        raise ConfigError(
+            "admin.host: a non-loopback admin address needs a token (ANALYTICS_PROXY_ADMIN_TOKEN)"
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,196 @@
+"""``explain``: one beacon (or many) through exactly the ``serve`` pipeline, shown to a person.
+
+The privacy lead's main tool: what was decided and why, what would leave for Google, and
+each parameter's before → after with the rule that changed it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from proxy.client import parse_address
+from proxy.config import DRY_RUN, EU_ENDPOINT, Config
+from proxy.pipeline import IncomingRequest, Outcome, Pipeline
+from proxy.policy import Action
+from proxy.pseudonym import Pseudonymizer
+from proxy.state import MemoryState
+
+
+@dataclass
+class BeaconInput:
+    """One beacon as the privacy lead describes it (the ``--jsonl`` line shape)."""
+
+    url: str
+    method: str = "POST"
+    body: str = ""
+    cookie: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    country: str | None = None
+    region: str | None = None
+    client_ip: str | None = None
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> BeaconInput:
+        headers = {str(k): str(v) for k, v in (data.get("headers") or {}).items()}
+        return cls(
+            url=str(data["url"]),
+            method=str(data.get("method") or "POST"),
+            body=str(data.get("body") or ""),
+            cookie=data.get("cookie"),
+            headers=headers,
+            country=data.get("country"),
+            region=data.get("region"),
+            client_ip=data.get("client_ip"),
+        )
+
+    def incoming(self) -> IncomingRequest:
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        return IncomingRequest(
+            query=urlsplit(self.url).query,
+            body=self.body.encode() if self.method.upper() == "POST" else b"",
+            cookie=self.cookie if self.cookie is not None else headers.get("cookie"),
+            user_agent=headers.get("user-agent"),
+            gpc=headers.get("sec-gpc", "").strip() == "1",
+            dnt=headers.get("dnt", "").strip() == "1",
+            client_ip=parse_address(self.client_ip),
+            country=self.country,
+            region=self.region,
+            origin=headers.get("origin"),
+        )
+
+
+def har_beacons(har: Mapping[str, Any]) -> Iterator[BeaconInput]:
+    """Every ``/g/collect`` request of a browser HAR export."""
+    for entry in har.get("log", {}).get("entries", []):
+        req = entry.get("request", {})
+        url = req.get("url", "")
+        if not urlsplit(url).path.endswith("/g/collect"):
+            continue
+        headers = {
+            h["name"]: h["value"]
+            for h in req.get("headers", [])
+            if not h.get("name", "").startswith(":")
+        }
+        cookie = next((v for k, v in headers.items() if k.lower() == "cookie"), None)
+        if cookie is None and req.get("cookies"):
+            cookie = "; ".join(f"{c['name']}={c['value']}" for c in req["cookies"])
+        yield BeaconInput(
+            url=url,
+            method=req.get("method", "GET"),
+            body=(req.get("postData") or {}).get("text", ""),
+            cookie=cookie,
+            headers=headers,
+        )
+
+
+class Explainer:
+    """A pipeline built from the configuration, with a salt of its own."""
+
+    def __init__(self, config: Config) -> None:
+        pseudo = config.privacy.pseudonym
+        self._pipeline = Pipeline(
+            config, Pseudonymizer(MemoryState(), bits=pseudo.bits, rotation=pseudo.rotation_seconds)
+        )
+        self._upstream = EU_ENDPOINT if config.upstream.url == DRY_RUN else config.upstream.url
+
+    async def explain(self, beacon: BeaconInput) -> Outcome:
+        return await self._pipeline.process(beacon.incoming(), trace=True)
+
+    def to_json(self, outcome: Outcome) -> dict[str, Any]:
+        forwarded = None
+        if outcome.outbound is not None:
+            out = outcome.outbound
+            forwarded = {
+                "url": f"{self._upstream}?{out.query}",
+                "body": out.body,
+                "headers": out.headers(),
+            }
+        consent = outcome.consent
+        return {
+            "decision": "forward" if outcome.forward else "drop",
+            "reason": outcome.reason,
+            "detail": outcome.detail or None,
+            "source": consent.source if consent else None,
+            "regime": outcome.regime.value if outcome.regime else None,
+            "consent": {name: v.value for name, v in consent.verdicts} if consent else {},
+            "forwarded": forwarded,
+            "changes": [
+                {
+                    "scope": c.scope,
+                    "param": c.param,
+                    "action": c.action.value,
+                    "rule": c.rule,
+                    "before": c.before,
+                    "after": c.after,
+                    "detail": list(c.detail),
+                }
+                for c in outcome.changes
+            ],
+        }
+
+    def to_text(self, outcome: Outcome, color: bool = False) -> str:
+        return "\n".join(_text_lines(self.to_json(outcome), color))
+
+
+_ACTION_COLOR = {
+    Action.DROPPED.value: "31",
+    Action.REPLACED.value: "35",
+    Action.SCRUBBED.value: "33",
+    Action.GENERALISED.value: "33",
+    Action.FORCED.value: "36",
+    Action.KEPT.value: "2",
+}
+
+
+def _paint(text: str, code: str, color: bool) -> str:
+    return f"\x1b[{code}m{text}\x1b[0m" if color else text
+
+
+def _short(value: str | None, width: int = 60) -> str:
+    if value is None:
+        return "∅"
+    return value if len(value) <= width else value[: width - 1] + "…"
+
+
+def _text_lines(result: dict[str, Any], color: bool) -> Iterable[str]:
+    forward = result["decision"] == "forward"
+    head = _paint("FORWARD" if forward else "DROP", "1;32" if forward else "1;31", color)
+    why = result["reason"] + (f" ({result['detail']})" if result["detail"] else "")
+    if result["source"]:
+        why += f" by {result['source']}"
+    yield f"{head}  {why}" + (f"   regime: {result['regime']}" if result["regime"] else "")
+    if result["consent"]:
+        readings = "  ".join(f"{k}={v}" for k, v in result["consent"].items() if v != "abstain")
+        yield f"  consent signals: {readings or 'none (every source abstained)'}"
+    fwd = result["forwarded"]
+    if fwd:
+        yield ""
+        yield f"  POST {_short(fwd['url'], 200)}"
+        if fwd["body"]:
+            for line in fwd["body"].split("\n"):
+                yield f"       {_short(line, 200)}"
+        yield "  " + "   ".join(f"{k}: {v}" for k, v in fwd["headers"].items())
+    if result["changes"]:
+        yield ""
+        width = max(len(c["param"]) for c in result["changes"])
+        for c in result["changes"]:
+            action = c["action"]
+            label = _paint(f"{action:<11}", _ACTION_COLOR.get(action, "0"), color)
+            rule = c["rule"] + (f" [{', '.join(c['detail'])}]" if c["detail"] else "")
+            if action == Action.KEPT.value:
+                yield f"  {c['scope']:<8} {c['param']:<{width}}  {label} {_short(c['before'])}"
+            else:
+                yield (
+                    f"  {c['scope']:<8} {c['param']:<{width}}  {label} {rule:<22} "
+                    f"{_short(c['before'], 40)} → {_short(c['after'], 40)}"
+                )
+
+
+def load_jsonl(lines: Iterable[str]) -> Iterator[BeaconInput]:
+    for line in lines:
+        if line.strip():
+            yield BeaconInput.from_mapping(json.loads(line))

@@ -1,0 +1,184 @@
+"""The beacon's path, top to bottom: parse → validate → consent → sanitise → outbound.
+
+``serve`` and ``explain`` both call ``Pipeline.process``; there is no second code path.
+Fail closed: any exception drops the beacon with a counted reason, and nothing but a
+``Sanitized`` result can become an ``OutboundRequest``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from proxy.beacon import MalformedBeacon, encode_body, encode_params, parse
+from proxy.client import IPAddress, truncate
+from proxy.config import Config
+from proxy.consent.gate import ConsentGate, ConsentVerdict
+from proxy.consent.verdict import ConsentInput
+from proxy.cookies import parse_cookie_header
+from proxy.policy import compile_policy
+from proxy.pseudonym import Pseudonymizer
+from proxy.regions import Regime, RegimeMap
+from proxy.sanitize.location import compile_location
+from proxy.sanitize.sanitizer import Change, Sanitizer
+from proxy.sanitize.useragent import UserAgentGeneraliser
+
+log = logging.getLogger(__name__)
+
+# Every reason a beacon can be dropped for; metric labels come only from this set.
+DROP_REASONS = (
+    "malformed",
+    "too_large",
+    "unknown_tid",
+    "bad_origin",
+    "bot",
+    "no_consent",
+    "denied",
+    "gpc",
+    "dnt",
+    "consent_error",
+    "no_client_id",
+    "pseudonym_unavailable",
+    "sanitize_error",
+    "internal_error",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingRequest:
+    """What the pipeline reads of one HTTP request; built by the server or by ``explain``."""
+
+    query: str
+    body: bytes = b""
+    cookie: str | None = None
+    user_agent: str | None = None
+    gpc: bool = False
+    dnt: bool = False
+    client_ip: IPAddress | None = None
+    country: str | None = None  # from geo, or given to explain
+    region: str | None = None
+    origin: str | None = None  # the Origin header, checked against allowed_origins
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundRequest:
+    """Exactly what goes to Google: sanitised query and body, rebuilt User-Agent."""
+
+    query: str
+    body: str
+    user_agent: str
+
+    def headers(self) -> dict[str, str]:
+        # Nothing else, ever: no cookie, no X-Forwarded-*, no Referer/Origin, no client hints.
+        return {"User-Agent": self.user_agent, "Content-Type": "text/plain;charset=UTF-8"}
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The decision on one beacon. ``reason`` is one of DROP_REASONS or a consent reason."""
+
+    forward: bool
+    reason: str
+    detail: str = ""
+    regime: Regime | None = None
+    consent: ConsentVerdict | None = None
+    outbound: OutboundRequest | None = None
+    events: int = 0
+    changes: tuple[Change, ...] = field(default=())
+
+
+def _drop(reason: str, detail: str = "", **kwargs: object) -> Outcome:
+    return Outcome(False, reason, detail, **kwargs)  # type: ignore[arg-type]
+
+
+class Pipeline:
+    """Everything compiled once from ``Config``; ``process`` is the per-beacon path."""
+
+    def __init__(
+        self, config: Config, pseudonymizer: Pseudonymizer, clock: Callable[[], float] = time.time
+    ) -> None:
+        privacy = config.privacy
+        self._tids = frozenset(config.measurement_ids)
+        self._origins = frozenset(config.allowed_origins)
+        self._gate = ConsentGate(config.consent)
+        self._regimes = RegimeMap(config.consent.regimes.opt_in, config.consent.regimes.opt_out)
+        self._sanitizer = Sanitizer(compile_policy(privacy, config.allowed_origins))
+        self._location = compile_location(privacy.location)
+        self._agents = UserAgentGeneraliser()
+        self._pseudonymizer = pseudonymizer
+        self._cookieless = privacy.pseudonym.cookieless
+        self._clock = clock
+
+    @property
+    def sanitizer(self) -> Sanitizer:
+        return self._sanitizer
+
+    async def process(self, request: IncomingRequest, *, trace: bool = False) -> Outcome:
+        try:
+            return await self._process(request, trace)
+        except Exception:
+            # Never the exception text: it may quote the input.
+            log.error("pipeline error", extra={"reason": "internal_error"})
+            return _drop("internal_error")
+
+    async def _process(self, request: IncomingRequest, trace: bool) -> Outcome:
+        try:
+            beacon = parse(request.query, request.body)
+        except MalformedBeacon as exc:
+            code = str(exc)
+            return _drop("too_large" if code == "too_large" else "malformed", code)
+        events = beacon.events()
+        if request.origin and self._origins and request.origin not in self._origins:
+            return _drop("bad_origin", events=len(events))
+        if beacon.tid not in self._tids:
+            return _drop("unknown_tid", events=len(events))
+        agent = self._agents.generalise(request.user_agent)
+        if agent.is_bot:
+            return _drop("bot", events=len(events))
+
+        regime = self._regimes.regime(request.country, request.region)
+        consent = self._gate.decide(
+            ConsentInput(parse_cookie_header(request.cookie), events, self._clock()),
+            gpc=request.gpc,
+            dnt=request.dnt,
+            regime=regime,
+        )
+        if not consent.forward:
+            return _drop(consent.reason, regime=regime, consent=consent, events=len(events))
+
+        cid = beacon.shared.get("cid")
+        if not cid and any(not e.get("cid") for e in events):
+            if not self._cookieless or request.client_ip is None:
+                return _drop("no_client_id", regime=regime, consent=consent, events=len(events))
+            # Cookieless: a stand-in id from the network and the generalised browser only.
+            cid = f"cookieless|{truncate(request.client_ip)}|{agent.user_agent}"
+            beacon.shared["cid"] = cid
+        try:
+            key = await self._pseudonymizer.current()
+        except Exception:
+            log.warning("no salt available", extra={"reason": "pseudonym_unavailable"})
+            return _drop("pseudonym_unavailable", regime=regime, consent=consent)
+        pseudonymize = functools.partial(self._pseudonymizer.pseudonym, key, beacon.tid)
+
+        location = self._location(request.client_ip)
+        extra = {"_uip": location} if location else None
+        try:
+            clean = self._sanitizer.sanitize(beacon, pseudonymize, extra, trace=trace)
+        except Exception:
+            log.error("sanitiser error", extra={"reason": "sanitize_error"})
+            return _drop("sanitize_error", regime=regime, consent=consent)
+        outbound = OutboundRequest(
+            encode_params(clean.shared), encode_body(clean.lines), agent.user_agent
+        )
+        return Outcome(
+            True,
+            consent.reason,
+            regime=regime,
+            consent=consent,
+            outbound=outbound,
+            events=len(events),
+            changes=clean.changes,
+        )

@@ -1,0 +1,1 @@
+"""Sanitising stages: what is removed, replaced or generalised before forwarding."""
