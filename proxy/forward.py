@@ -18,7 +18,7 @@ from typing import Protocol, TextIO
 
 import aiohttp
 
-from proxy.config import Upstream
+from proxy.config import EU_ENDPOINT, Upstream
 from proxy.metrics import Metrics
 from proxy.pipeline import OutboundRequest
 
@@ -67,12 +67,13 @@ class HttpSender:
 class StdoutSender:
     """Dry run: one JSON line per request that would have been forwarded."""
 
-    def __init__(self, url: str = "stdout", stream: TextIO | None = None) -> None:
+    def __init__(self, url: str = EU_ENDPOINT, stream: TextIO | None = None) -> None:
         self._stream = stream or sys.stdout
         self._url = url
 
     async def send(self, request: OutboundRequest) -> int:
-        line = {
+        line: dict[str, object] = {
+            "dry_run": True,
             "url": f"{self._url}?{request.query}",
             "body": request.body,
             "headers": request.headers(),

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Info, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Info,
+    disable_created_metrics,
+    generate_latest,
+)
 
 from proxy import __version__
 
 NAMESPACE = "analytics_proxy"
+
+# *_created series double the exposition for no use on dashboards or alerts.
+disable_created_metrics()
 
 
 class Metrics:

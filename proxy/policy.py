@@ -22,36 +22,20 @@ TEXT_LIMIT = 100  # GA's limit for a parameter value (ga4-collect.md §7)
 TITLE_LIMIT = 300
 USER_PROPERTY_LIMIT = 36
 
-TECHNICAL = [
-    "v",
-    "tid",
-    "gtm",
-    "_p",
-    "_s",
-    "en",
-    "_et",
-    "_ee",
-    "_c",
-    "_ss",
-    "_nsi",
-    "seg",
-    "cu",
-    "ir",
-    "tfd",
-    "frm",
-    "are",
-    "pae",
-    "_eu",
-    "_tu",
-    "_z",
-    "tag_exp",
-    "rcb",
-    "gaf",
-    "sid",
-    "_fv",
-    "ul",
-]
-CONSENT_FLAGS = ["gcs", "gcd", "gcu", "gcut", "dma", "dma_cps", "pscdl"]
+# Parameters kept as they are, each only while its value has the shape gtag gives it: a
+# "flag" carrying an e-mail or an address is not a flag, and is dropped.
+SHAPES: dict[str, str] = {
+    **dict.fromkeys(
+        "_p _s _et _ee _c _ss _nsi seg ir tfd frm are pae _fv sid gcu gcut dma rcb".split(),
+        r"\d{1,16}",
+    ),
+    **dict.fromkeys("v gtm tag_exp _eu _tu _z gaf gcd dma_cps pscdl".split(), r"[A-Za-z0-9_~.-]{0,160}"),
+    "gcs": r"G1[01-]{2}",
+    "cu": r"[A-Za-z]{3}",
+    "ul": r"[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8}){0,3}",
+    "tid": r"G-[A-Z0-9]{4,20}",
+}
+CONSENT_FLAGS = frozenset("gcs gcd gcu gcut dma dma_cps pscdl".split())
 IDENTIFIERS = [
     "uid",
     "_fid",
@@ -74,7 +58,7 @@ IDENTIFIERS = [
 ]
 IDENTIFIER_PREFIXES = ("sst.",)
 CLIENT_HINTS = ["uaa", "uab", "uafvl", "uamb", "uam", "uap", "uapv", "uaw"]
-BALANCED_CLIENT_HINTS = ("uamb", "uap")
+BALANCED_CLIENT_HINTS = {"uamb": r"[01]", "uap": r"[A-Za-z][A-Za-z ]{0,31}"}
 CAMPAIGN = ["cm", "cs", "cn", "cc", "ck", "ci", "ccf", "cmt"]
 ITEM_KEYS = frozenset(
     [
@@ -103,17 +87,19 @@ ITEM_KEYS = frozenset(
     ]
 )
 # Coarse screen classes: a rare resolution is reported as the nearest common one.
+# Coarse screen classes by the long side: a rare resolution reports as a common one.
 SCREEN_CLASSES = (
-    (360, 640),
-    (414, 896),
-    (768, 1024),
-    (1280, 720),
-    (1366, 768),
-    (1536, 864),
-    (1920, 1080),
-    (2560, 1440),
-    (3840, 2160),
+    (700, (640, 360)),
+    (950, (896, 414)),
+    (1100, (1024, 768)),
+    (1300, (1280, 720)),
+    (1450, (1366, 768)),
+    (1700, (1536, 864)),
+    (2200, (1920, 1080)),
+    (3000, (2560, 1440)),
 )
+LARGEST_SCREEN = (3840, 2160)
+_DOTTED_QUAD = re.compile(r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}")
 
 _EVENT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,39}$")
 _NUMBER = re.compile(r"^-?\d{1,15}(\.\d{1,6})?$")
@@ -157,7 +143,6 @@ class Rule:
         return self.fn is None and self.action is Action.DROPPED
 
 
-KEEP = Rule("technical", Action.KEPT)
 DROP_IDENTIFIER = Rule("identifier", Action.DROPPED)
 DROP_UNKNOWN = Rule("unknown", Action.DROPPED)
 
@@ -250,30 +235,45 @@ def _screen_class(value: str, ctx: EventContext) -> str | None:
     if not match:
         return None
     width, height = int(match.group(1)), int(match.group(2))
-    landscape = width >= height
-    long_side, short_side = max(width, height), min(width, height)
+    long_side = max(width, height)
+    a, b = next((cls for bound, cls in SCREEN_CLASSES if long_side <= bound), LARGEST_SCREEN)
+    return f"{a}x{b}" if width >= height else f"{b}x{a}"
 
-    def distance(cls: tuple[int, int]) -> int:
-        return abs(max(cls) - long_side) + abs(min(cls) - short_side)
 
-    best = min(SCREEN_CLASSES, key=distance)
-    a, b = max(best), min(best)
-    return f"{a}x{b}" if landscape else f"{b}x{a}"
+def _shaped(pattern: str) -> RuleFn:
+    shape = re.compile(pattern)
+
+    def shaped(value: str, ctx: EventContext) -> str | None:
+        if shape.fullmatch(value) and not _DOTTED_QUAD.search(value):
+            return value
+        return None
+
+    return shaped
 
 
 def _item(pii: PiiScrubber) -> RuleFn:
-    def item(value: str, ctx: EventContext) -> str | None:
+    def standard_tokens(text: str, ctx: EventContext) -> str:
         kept = []
-        for token in value.split("~"):
-            key = token[:2]
-            if key in ITEM_KEYS:
-                text, fired = pii.scrub(token[2 : 2 + TEXT_LIMIT])
-                if fired:
-                    _note(ctx, fired)
-                kept.append(key + text)
+        for token in text.split("~"):
+            if token[:2] in ITEM_KEYS:
+                kept.append(token[: 2 + TEXT_LIMIT])
             else:
                 _note(ctx, ("item_custom",))
-        return "~".join(kept) or None
+        return "~".join(kept)
+
+    def item(value: str, ctx: EventContext) -> str | None:
+        tokens = []
+        for token in standard_tokens(value, ctx).split("~"):
+            text, fired = pii.scrub(token[2:])
+            _note(ctx, fired)
+            tokens.append(token[:2] + text)
+        joined = "~".join(tokens)
+        # Personal data can also straddle the "~" separators: check the whole once more.
+        text, fired = pii.scrub(joined)
+        if fired:
+            _note(ctx, fired)
+            joined = standard_tokens(text, ctx)
+        return joined or None
 
     return item
 
@@ -292,28 +292,29 @@ def compile_policy(
 
     text = Rule("pii", Action.SCRUBBED, _scrub_text(pii, TEXT_LIMIT))
     table: dict[str, Rule] = {}
-    table.update(dict.fromkeys(TECHNICAL, KEEP))
-    table.update(dict.fromkeys(CONSENT_FLAGS, Rule("consent_flag", Action.KEPT)))
+    for name, pattern in SHAPES.items():
+        kind = "consent_flag" if name in CONSENT_FLAGS else "technical"
+        table[name] = Rule(kind, Action.DROPPED, _shaped(pattern))
     table.update(dict.fromkeys(IDENTIFIERS, DROP_IDENTIFIER))
     table["en"] = Rule("event_name", Action.DROPPED, _event_name)
     table["cid"] = Rule("pseudonym", Action.REPLACED, _pseudonym)
     # Set by the proxy on the query only (Policy.forced, location, internal traffic).
     table["npa"] = table["tt"] = Rule("proxy_set", Action.DROPPED)
-    table["_dbg"] = KEEP if privacy.forward_debug else Rule("debug", Action.DROPPED)
+    table["_dbg"] = Rule("debug", Action.DROPPED, _shaped("1")) if privacy.forward_debug else Rule("debug", Action.DROPPED)
     table["dl"] = Rule("url", Action.GENERALISED, _page_url(urls))
     table["dp"] = Rule("url", Action.GENERALISED, _page_path(urls))
     table["dh"] = Rule("hostname", Action.DROPPED, _hostname)
     table["dr"] = Rule("referrer", Action.GENERALISED, _referrer(urls, internal, balanced))
     table["dt"] = Rule("pii", Action.SCRUBBED, _scrub_text(pii, TITLE_LIMIT))
-    table["sct"] = KEEP if balanced else Rule("session_count", Action.DROPPED)
+    table["sct"] = Rule("technical", Action.DROPPED, _shaped(r"\d{1,6}")) if balanced else Rule("session_count", Action.DROPPED)
     table["sr"] = (
         Rule("screen_class", Action.GENERALISED, _screen_class)
         if balanced
         else Rule("fingerprint", Action.DROPPED)
     )
     for hint in CLIENT_HINTS:
-        keep = balanced and hint in BALANCED_CLIENT_HINTS
-        table[hint] = KEEP if keep else Rule("client_hint", Action.DROPPED)
+        shape = BALANCED_CLIENT_HINTS.get(hint) if balanced else None
+        table[hint] = Rule("client_hint", Action.DROPPED, _shaped(shape) if shape else None)
     for name in CAMPAIGN:
         table[name] = text if balanced else Rule("campaign", Action.DROPPED)
     item = Rule("item", Action.SCRUBBED, _item(pii))

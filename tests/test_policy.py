@@ -109,7 +109,7 @@ DROP_BOTH = [
 @pytest.mark.parametrize("profile", ["strict", "balanced"])
 @pytest.mark.parametrize("name", KEEP_BOTH)
 def test_technical_and_consent_parameters_are_kept(profile: str, name: str) -> None:
-    value = "page_view" if name == "en" else "1"
+    value = {"en": "page_view", "cu": "EUR", "gcs": "G111", "ul": "en-gb"}.get(name, "1")
     shared, _ = run(sanitizer(profile), {name: value})
     assert shared[name] == value
 
@@ -152,15 +152,36 @@ def test_parameters_the_profiles_treat_differently(
     [
         ("1920x1080", "1920x1080"),
         ("1918x1077", "1920x1080"),
-        ("3589x297", "1280x720"),
+        ("3589x297", "3840x2160"),  # the long side decides, whatever the shape
         ("390x844", "414x896"),
-        ("1728x1117", "1536x864"),
+        ("844x390", "896x414"),  # orientation is kept
+        ("1728x1117", "1920x1080"),
+        ("1366x768", "1366x768"),
         ("abc", None),
         ("99999999x1", None),
     ],
 )
 def test_balanced_screen_resolution_is_a_coarse_class(raw: str, bucket: str | None) -> None:
     assert run(sanitizer("balanced"), {"sr": raw})[0].get("sr") == bucket
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("_c", "jane@example.com"),
+        ("_p", "198.51.100.7"),
+        ("gtm", "198.51.100.7"),
+        ("_z", "a b"),
+        ("gcs", "G1xx"),
+        ("ul", "jane doe"),
+        ("cu", "EURO"),
+        ("sid", "+44 20 7946 0958"),
+        ("tid", "G-lower"),
+    ],
+)
+def test_technical_parameter_with_a_foreign_shape_is_dropped(name: str, value: str) -> None:
+    shared, result = run(sanitizer("balanced"), {name: value})
+    assert shared.get(name) != value
 
 
 def test_cid_is_replaced_and_npa_forced() -> None:

@@ -36,6 +36,11 @@ PROFILES = {
     )
     for profile in ("strict", "balanced")
 }
+# Built once: compiling a pipeline loads the User-Agent rules, which is start-up work.
+PIPELINES = {
+    profile: Pipeline(config, Pseudonymizer(MemoryState(), bits=32, rotation=86400))
+    for profile, config in PROFILES.items()
+}
 ALLOWED = {
     profile: set(compile_policy(config.privacy).table) | {"npa", "_uip"}
     for profile, config in PROFILES.items()
@@ -110,7 +115,7 @@ async def test_forwarded_beacon_holds_no_personal_value(
     data: tuple[IncomingRequest, dict[str, str], list[dict[str, str]]], profile: str
 ) -> None:
     request, shared, _ = data
-    pipeline = Pipeline(PROFILES[profile], Pseudonymizer(MemoryState(), bits=32, rotation=86400))
+    pipeline = PIPELINES[profile]
     outcome = await pipeline.process(request)
     if outcome.outbound is None:
         return
@@ -122,9 +127,12 @@ async def test_forwarded_beacon_holds_no_personal_value(
         assert "uid" not in sent
         assert sent.get("cid") != shared["cid"]
         assert set(sent) <= ALLOWED[profile], set(sent) - ALLOWED[profile]
-        for value in sent.values():
+        for name, value in sent.items():
             assert not EMAIL.search(value)
-            assert not PiiScrubber().scrub(value)[1], value
+            if name == "_uip":  # the configured location: a truncated network, by design
+                assert value.endswith(".0")
+                continue
+            assert not PiiScrubber().scrub(value)[1], (name, value)
 
 
 @settings(max_examples=300, deadline=None)
@@ -137,7 +145,7 @@ async def test_forwarded_beacon_holds_no_personal_value(
 async def test_no_input_raises_out_of_the_pipeline(
     query: str, body: bytes, cookie: str | None, ua: str | None
 ) -> None:
-    pipeline = Pipeline(PROFILES["strict"], Pseudonymizer(MemoryState(), bits=32, rotation=86400))
+    pipeline = PIPELINES["strict"]
     for q in (query, f"v=2&tid={TID}&cid=1.2&{query}"):
         outcome = await pipeline.process(
             IncomingRequest(query=q, body=body, cookie=cookie, user_agent=ua)

@@ -32,7 +32,7 @@ HEADERS = {
 Clients = Callable[..., Awaitable[Any]]
 
 
-def proxy_config(upstream: str, **overrides: Any) -> Config:
+def proxy_config(url: str, **overrides: Any) -> Config:
     tids = sorted(
         {
             urlsplit(h["url"]).query.split("tid=")[1].split("&")[0]
@@ -44,7 +44,7 @@ def proxy_config(upstream: str, **overrides: Any) -> Config:
     data: dict[str, Any] = {
         "measurement_ids": tids,
         "allowed_origins": ["https://www.example.com"],
-        "upstream": {"url": upstream, "backoff_initial": 0.01, "backoff_max": 0.05},
+        "upstream": {"url": url, "backoff_initial": 0.01, "backoff_max": 0.05},
     }
     data.update(overrides)
     return from_mapping(data, env={})

@@ -14,7 +14,8 @@ from proxy.consent.reading import Name, combine, require
 from proxy.consent.verdict import ConsentInput, ConsentSource, Verdict
 from proxy.cookies import unquote_twice
 
-# Keys are bare identifiers (quoted ones are tolerated); values are quoted strings or bare tokens (true, 1, 1615214322795).
+# Keys are bare identifiers (quoted ones are tolerated); values are quoted strings or bare
+# tokens (true, 1, 1615214322795).
 _KEY = re.compile(r"\s*(['\"]?)([A-Za-z_$][\w$]*)\1\s*:\s*")
 _VALUE = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|[^,{}'\"]*")
 _SEPARATOR = re.compile(r"\s*([,}])")
@@ -42,7 +43,7 @@ def parse_object_literal(text: str) -> dict[str, str] | None:
         if key is None:
             return None
         value = _VALUE.match(text, key.end())
-        if value is None:  # pragma: no cover - the pattern also matches the empty string
+        if value is None:  # unreachable: the pattern also matches the empty string
             return None
         token = value.group().strip()
         if len(token) >= 2 and token[0] in "'\"" and token[-1] == token[0]:

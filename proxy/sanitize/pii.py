@@ -209,10 +209,11 @@ _EMAIL = re.compile(
 
 _PHONE = re.compile(
     r"""
+    (?<!\d[ .\-])                              # not the middle of a longer number
     (?:
         (?<![\w+])\+\d[\d \-.()]{6,24}\d          # +44 20 7946 0958, +1 (555) 123-4567
       | (?<![\w+.,])00[1-9][\d \-.()]{5,24}\d    # 0044 20 7946 0958
-      | (?<![\w+.,])(?<!\d[ .\-])                # not the middle of a longer number
+      | (?<![\w+.,])
         (?:\(\d{2,5}\)[ ]?|\d{2,5}[ .\-])         # area code: "020 ", "(555) ", "06-"
         \d{2,}(?:[ .\-]\d{2,})*                   # groups of two or more digits
       | (?<![\w+.,])0[1-9]\d{8,10}               # 07700900123: trunk prefix, no separators

@@ -88,7 +88,7 @@ def test_every_copy_counts_and_deny_wins(header: str, expected: Verdict) -> None
 @pytest.mark.parametrize(
     ("consents", "options", "expected"),
     [
-        ({"statistics": ["google-analytics-four"]}, {"services": ("google-analytics-four",)}, GRANT),
+        ({"statistics": ["ga-four"]}, {"services": ("ga-four",)}, GRANT),
         ({"statistics": ["ga", "gtm"]}, {"services": ("ga", "gtm")}, GRANT),
         ({"statistics": ["ga"]}, {"services": ("ga", "gtm")}, DENY),
         ({"analytics": ["google-analytics"]}, {"group": "analytics"}, GRANT),

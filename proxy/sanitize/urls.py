@@ -1,0 +1,233 @@
+"""Page URLs (``dl``, internal ``dr``) and paths (``dp``) cut down to what a report needs.
+
+What is kept: scheme, lower-cased host, a non-default port, the path, and in the balanced
+profile the allow-listed query keys. What goes: user info, the fragment, every other query key
+(click ids, the ``_gl`` linker, session ids), matrix parameters (``;jsessionid=``), and path
+segments that look like identifiers, which become fixed markers (``/order/:id``).
+
+Every call reports the names of the rules that fired, for the audit trail. No cache anywhere:
+a cache keyed by URL would keep visitors' URLs, queries included, in memory.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable, Iterable
+from typing import NamedTuple
+from urllib.parse import SplitResult, quote, unquote, unquote_plus, urlsplit
+
+from proxy.sanitize.pii import PiiScrubber
+
+__all__ = ["DEFAULT_PORTS", "PATH_MARKERS", "UrlScrubber"]
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+# Rule name -> the marker that replaces the whole segment. Whole segment, not the matching part:
+# "/order/:id" groups in reports, "/order-:id-confirmed" would not.
+PATH_MARKERS = {
+    "path_email": ":email",
+    "path_uuid": ":uuid",
+    "path_id": ":id",
+    "path_token": ":token",
+    "path_pii": ":pii",
+}
+
+_UNPARSEABLE = ("unparseable",)
+
+# urlsplit keeps an LRU cache of the last 128 URLs it split, queries included; the function
+# under the cache (documented functools.update_wrapper attribute) keeps nothing.
+_urlsplit: Callable[[str], SplitResult] = getattr(urlsplit, "__wrapped__", urlsplit)
+
+# Letters, digits, "-", "." and "_" (not valid in DNS names, but seen in hosts); Unicode
+# letters because some clients send IDN hosts undecoded.
+_HOST = re.compile(r"[\w.\-]+")
+# A segment without a digit, "@", "%" or ";" cannot hold any identifier the rules look for
+# (the one miss: an all-letter hex run of 24+, which is not a thing in practice).
+_SUSPECT = re.compile(r"[\d@%;]")
+_ANY_DIGIT = re.compile(r"\d")
+# "@domain.tld", with or without a local part: in the forwarded URL, the path or "key=" before
+# it would read as one ("/@jane.doe", "?ref=@example.com").
+_AT_DOMAIN = re.compile(r"@[\w-]+(?:\.[\w-]+)+")
+_UUID = re.compile(r"[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}",
+                   re.ASCII | re.IGNORECASE)
+_LONG_NUMBER = re.compile(r"\d{6,}")
+_TOKEN = re.compile(
+    r"(?<![A-Za-z0-9])"
+    r"(?:[0-9A-Fa-f]{24,}"                              # hex: hashes, object ids
+    r"|(?=[A-Za-z]*\d)(?=\d*[A-Za-z])[A-Za-z0-9]{16,})"  # letters and digits mixed: keys
+    r"(?![A-Za-z0-9])",
+    re.ASCII,
+)
+
+
+class _Parts(NamedTuple):
+    scheme: str
+    host: str
+    authority: str  # host, bracketed if IPv6, and ":port" when not the scheme's default
+    split: SplitResult
+    userinfo: bool
+
+
+def _split(url: str) -> _Parts | None:
+    try:
+        split = _urlsplit(url.strip())
+        scheme = split.scheme  # urlsplit lower-cases it
+        if scheme not in DEFAULT_PORTS:
+            return None
+        host = split.hostname  # lower-cased, without user info and brackets
+        if not host:
+            return None
+        if ":" in host:
+            ipaddress.IPv6Address(host)
+            authority = f"[{host}]"
+        elif _HOST.fullmatch(host):
+            authority = host
+        else:
+            return None
+        port = split.port  # ValueError when not a number in 0-65535
+    except ValueError:
+        return None
+    if port is not None and port != DEFAULT_PORTS[scheme]:
+        authority = f"{authority}:{port}"
+    return _Parts(scheme, host, authority, split, "@" in split.netloc)
+
+
+def _decoded(segment: str) -> str:
+    # Decoded up to three times: "%2540" is an "@" encoded twice, as some trackers forward it.
+    for _ in range(3):
+        if "%" not in segment:
+            break
+        decoded = unquote(segment)
+        if decoded == segment:
+            break
+        segment = decoded
+    return segment
+
+
+class UrlScrubber:
+    """Generalises page URLs and paths; built once from the query allow-list."""
+
+    def __init__(self, query_allowlist: Iterable[str], pii: PiiScrubber) -> None:
+        """``query_allowlist``: query keys kept (exact, case-sensitive); their values are
+        PII-scrubbed. ``pii``: the scrubber for those values and for path segments."""
+        keys = (query_allowlist,) if isinstance(query_allowlist, str) else query_allowlist
+        self._allowed = frozenset(keys)
+        self._pii = pii
+
+    @property
+    def query_allowlist(self) -> frozenset[str]:
+        """The query keys ``page`` keeps."""
+        return self._allowed
+
+    def page(self, url: str) -> tuple[str | None, tuple[str, ...]]:
+        """``dl``: ``scheme://host[:port]/path[?allowed=...]``, and the rules that fired.
+        ``(None, ("unparseable",))`` for anything but a parseable http(s) URL."""
+        parts = _split(url)
+        if parts is None:
+            return None, _UNPARSEABLE
+        rules: list[str] = ["userinfo"] if parts.userinfo else []
+        split = parts.split
+        path = self._path(split.path, rules) if split.path else "/"
+        query = self._query(split.query, rules) if split.query else ""
+        if split.fragment:
+            rules.append("fragment")
+        out = f"{parts.scheme}://{parts.authority}{path}"
+        return (f"{out}?{query}" if query else out), tuple(rules)
+
+    def path(self, path: str) -> tuple[str | None, tuple[str, ...]]:
+        """``dp``: the path with identifier segments replaced; query and fragment dropped.
+        ``None`` for an empty value, and with ``("unparseable",)`` for one not starting "/"."""
+        rules: list[str] = []
+        path, hash_mark, _ = path.partition("#")
+        path, question_mark, _ = path.partition("?")
+        if question_mark:
+            rules.append("query")
+        if hash_mark:
+            rules.append("fragment")
+        if not path:
+            return None, tuple(rules)
+        if path[0] != "/":
+            return None, _UNPARSEABLE
+        return self._path(path, rules), tuple(rules)
+
+    @staticmethod
+    def host(url: str) -> str | None:
+        """The lower-case host name of an http(s) URL, or ``None``."""
+        parts = _split(url)
+        return parts.host if parts else None
+
+    @staticmethod
+    def origin(url: str) -> str | None:
+        """``scheme://host[:port]/`` of an http(s) URL (no user info), or ``None``."""
+        parts = _split(url)
+        return f"{parts.scheme}://{parts.authority}/" if parts else None
+
+    def _path(self, path: str, rules: list[str]) -> str:
+        if not _SUSPECT.search(path):
+            return path  # the common case: "/products/", "/2024/05/my-post" has only short digits
+        segments = path.split("/")
+        for index, segment in enumerate(segments):
+            if not segment or not _SUSPECT.search(segment):
+                continue
+            if ";" in segment:
+                # Matrix parameters (";jsessionid=...") are URL parameters too.
+                segment = segments[index] = segment.partition(";")[0]
+                _add(rules, "path_params")
+            rule = self._segment_rule(segment)
+            if rule is not None:
+                segments[index] = PATH_MARKERS[rule]
+                _add(rules, rule)
+        return "/".join(segments)
+
+    def _segment_rule(self, segment: str) -> str | None:
+        text = _decoded(segment)
+        if "@" in text and _AT_DOMAIN.search(text):
+            return "path_email"
+        if not _ANY_DIGIT.search(text):
+            return None
+        # UUID before long number: a UUID holds digit runs of up to 12.
+        if _UUID.search(text):
+            return "path_uuid"
+        if _LONG_NUMBER.search(text):
+            return "path_id"
+        if _TOKEN.search(text):
+            return "path_token"
+        if self._pii.scrub(text)[1]:
+            return "path_pii"
+        return None
+
+    def _query(self, query: str, rules: list[str]) -> str:
+        if not self._allowed:
+            rules.append("query")
+            return ""
+        kept: list[str] = []
+        dropped = scrubbed = False
+        for pair in query.split("&"):
+            if not pair:
+                continue
+            raw_key, _, raw_value = pair.partition("=")
+            key = unquote_plus(raw_key)
+            if key not in self._allowed:
+                dropped = True
+                continue
+            value, fired = self._pii.scrub(unquote_plus(raw_value))
+            changed = bool(fired)
+            if "@" in value:
+                value, count = _AT_DOMAIN.subn("[email]", value)
+                changed = changed or count > 0
+            if changed:
+                scrubbed = True
+                pair = f"{quote(key, safe='')}={quote(value, safe='')}"
+            # Untouched pairs keep their original encoding: nothing in them changed.
+            kept.append(pair)
+        if dropped:
+            rules.append("query")
+        if scrubbed:
+            rules.append("query_pii")
+        return "&".join(kept)
+
+
+def _add(rules: list[str], rule: str) -> None:
+    if rule not in rules:
+        rules.append(rule)

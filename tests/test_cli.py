@@ -1,0 +1,163 @@
+"""The console script: ``explain`` in its three input forms, and ``serve`` as a process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from proxy.cli import main
+from proxy.config import EU_ENDPOINT
+from tests.conftest import GA4_HITS
+
+ROOT = Path(__file__).parent.parent
+HIT = next(h for h in GA4_HITS if h["id"] == "TV-04")
+CAPTURED_CID = "1874137241.1685438100"
+FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> Path:
+    path = tmp_path / "proxy.yaml"
+    path.write_text(
+        "measurement_ids: [G-18JR3Q8PJ8, G-VBMFL9G8M0, G-F9PE5LESJW]\n"
+        "upstream: {url: stdout}\n"
+        "privacy: {event_params: [percent_scrolled]}\n"
+    )
+    return path
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    code = main(list(args))
+    return code, capsys.readouterr().out
+
+
+def test_explain_json_forward_shows_what_leaves(capsys: Any, config_file: Path) -> None:
+    code, out = run_cli(capsys, "explain", "--config", str(config_file), "--json",
+                        "--cookie", "analytics_consent=granted", "--client-ip", "81.2.69.160",
+                        "--header", "User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) "
+                        "Gecko/20100101 Firefox/128.0", HIT["url"])
+    assert code == 0
+    result = json.loads(out)
+    assert result["decision"] == "forward" and result["reason"] == "granted"
+    assert result["source"] == "bridge"
+    forwarded = result["forwarded"]
+    assert forwarded["url"].startswith("https://region1.google-analytics.com/g/collect?")
+    assert CAPTURED_CID not in forwarded["url"]
+    assert "81.2.69.160" not in json.dumps(forwarded)
+    assert forwarded["headers"]["User-Agent"].endswith("Firefox/128.0")
+    changes = {c["param"]: c for c in result["changes"]}
+    assert changes["cid"]["action"] == "replaced" and changes["cid"]["before"] == CAPTURED_CID
+    assert changes["sct"]["action"] == "dropped"
+    assert changes["_uip"]["after"] == "81.2.69.0"
+
+
+def test_explain_drop_names_the_reason(capsys: Any, config_file: Path) -> None:
+    code, out = run_cli(capsys, "explain", "--config", str(config_file), "--json",
+                        "--country", "DE", HIT["url"])
+    result = json.loads(out)
+    assert (code, result["decision"], result["reason"], result["forwarded"]) == (
+        0, "drop", "no_consent", None)
+    assert result["regime"] == "opt_in"
+
+
+def test_explain_text_is_readable(capsys: Any, config_file: Path) -> None:
+    _, out = run_cli(capsys, "explain", "--config", str(config_file),
+                     "--cookie", "analytics_consent=granted", HIT["url"])
+    assert out.startswith("FORWARD  granted by bridge")
+    assert "cid" in out and "replaced" in out and "→" in out
+    assert "\x1b[" not in out  # no colour when not a terminal
+
+
+def test_explain_jsonl_gives_one_result_per_line(capsys: Any, config_file: Path,
+                                                 tmp_path: Path) -> None:
+    lines = [{"url": h["url"], "method": h["method"], "body": h["body"],
+              "cookie": "analytics_consent=granted", "headers": {}, "country": "GB",
+              "region": None, "client_ip": "81.2.69.160"} for h in GA4_HITS]
+    path = tmp_path / "beacons.jsonl"
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    _, out = run_cli(capsys, "explain", "--config", str(config_file), "--jsonl", str(path))
+    results = [json.loads(line) for line in out.splitlines()]
+    assert len(results) == len(GA4_HITS)
+    by_id = {h["id"]: r for h, r in zip(GA4_HITS, results, strict=True)}
+    assert by_id["TV-05"]["reason"] == "denied"  # gcs=G100 on the beacon
+    assert by_id["TV-11"]["reason"] == "unknown_tid"
+    assert by_id["TV-04"]["decision"] == "forward"
+
+
+def test_explain_har_reads_only_collect_requests(capsys: Any, config_file: Path,
+                                                 tmp_path: Path) -> None:
+    batch = next(h for h in GA4_HITS if h["body"])
+    entries = [
+        {"request": {"method": "GET", "url": "https://www.example.com/", "headers": []}},
+        {"request": {"method": "POST", "url": HIT["url"],
+                     "headers": [{"name": "Cookie", "value": "analytics_consent=granted"},
+                                 {"name": "User-Agent", "value": "Mozilla/5.0"}]}},
+        {"request": {"method": "POST", "url": batch["url"].replace("G-XXXXX", "G-18JR3Q8PJ8"),
+                     "cookies": [{"name": "analytics_consent", "value": "denied"}],
+                     "headers": [], "postData": {"text": batch["body"]}}},
+    ]
+    path = tmp_path / "site.har"
+    path.write_text(json.dumps({"log": {"entries": entries}}))
+    _, out = run_cli(capsys, "explain", "--config", str(config_file), "--json",
+                     "--har", str(path))
+    results = [json.loads(line) for line in out.splitlines()]
+    assert [r["decision"] for r in results] == ["forward", "drop"]
+    assert results[1]["reason"] == "denied"
+
+
+def test_bad_config_exits_2_naming_the_key(capsys: Any, tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("measurement_ids: [G-ABCDEF1]\nprivacy: {profile: lax}\n")
+    assert main(["explain", "--config", str(path), HIT["url"]]) == 2
+    assert "privacy.profile" in capsys.readouterr().err
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_serve_dry_run_prints_forwarded_request_and_stops_on_sigterm(tmp_path: Path) -> None:
+    port, admin = _free_port(), _free_port()
+    config = tmp_path / "proxy.yaml"
+    config.write_text(f"listen: {{host: 127.0.0.1, port: {port}}}\n"
+                      f"admin: {{host: 127.0.0.1, port: {admin}}}\n"
+                      "measurement_ids: [G-18JR3Q8PJ8]\nupstream: {url: stdout}\n")
+    proc = subprocess.Popen([sys.executable, "-m", "proxy", "serve", "--config", str(config)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        for _ in range(100):  # bounded wait for the port to open
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        query = HIT["url"].split("?", 1)[1]
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/g/collect?{query}", data=b"",
+                                     headers={"Cookie": "analytics_consent=granted",
+                                              "User-Agent": FIREFOX})
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            assert resp.status == 204
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0
+    line = json.loads(out.strip().splitlines()[0])
+    assert line["dry_run"] is True
+    assert line["url"].startswith(f"{EU_ENDPOINT}?v=2&tid=G-18JR3Q8PJ8")
+    assert CAPTURED_CID not in line["url"]
+    logs = [json.loads(entry) for entry in err.strip().splitlines()]
+    assert any(entry["message"] == "serving" for entry in logs)
+    assert CAPTURED_CID not in err and "127.0.0.1" not in out
