@@ -6,8 +6,9 @@ An event's effective parameters are the query's overlaid with its line's.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, quote
+from urllib.parse import quote, unquote
 
 MAX_BODY = 64 * 1024  # a browser's keepalive/beacon budget: a real body is never larger
 MAX_QUERY = 16 * 1024
@@ -15,6 +16,7 @@ MAX_EVENTS = 100  # gtag batches far fewer; more is not a browser
 
 Params = dict[str, str]
 _SAFE = "._~-!*()'"  # what encodeURIComponent leaves alone
+_PLAIN = re.compile(r"[A-Za-z0-9._~!*()'-]*")
 
 
 class MalformedBeacon(ValueError):
@@ -39,9 +41,22 @@ class Beacon:
         return [{**self.shared, **line} for line in self.lines]
 
 
+def _decode(text: str) -> str:
+    # Fast path: most keys and many values carry no escape at all.
+    if "%" not in text and "+" not in text:
+        return text
+    return unquote(text.replace("+", " "), errors="strict")
+
+
 def _parse_params(text: str) -> Params:
-    # strict_parsing off: gtag sends bare flags such as "richsstsse" with no "=".
-    return dict(parse_qsl(text, keep_blank_values=True, errors="strict"))
+    """``a=1&b=%20x&flag`` -> dict; bare flags (gtag's ``richsstsse``) get an empty value."""
+    params: Params = {}
+    for pair in text.split("&"):
+        if not pair:
+            continue
+        name, _, value = pair.partition("=")
+        params[_decode(name)] = _decode(value)
+    return params
 
 
 def parse(query: str, body: bytes | str = b"") -> Beacon:
@@ -74,9 +89,13 @@ def parse(query: str, body: bytes | str = b"") -> Beacon:
     return beacon
 
 
+def _encode(text: str) -> str:
+    return text if _PLAIN.fullmatch(text) else quote(text, safe=_SAFE)
+
+
 def encode_params(params: Params) -> str:
     """URL-encode like gtag's encodeURIComponent (space as %20, not +)."""
-    return "&".join(f"{quote(k, safe=_SAFE)}={quote(v, safe=_SAFE)}" for k, v in params.items())
+    return "&".join(f"{_encode(k)}={_encode(v)}" for k, v in params.items())
 
 
 def encode_body(lines: list[Params]) -> str:

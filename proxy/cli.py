@@ -21,7 +21,9 @@ def _serve(args: argparse.Namespace) -> int:
 
     config = _load_config(args.config)
     logs.setup(config.log.level)
-    asyncio.run(server.run(config))
+    import uvloop
+
+    uvloop.run(server.run(config))
     return 0
 
 

@@ -16,7 +16,7 @@ from proxy import __version__
 NAMESPACE = "analytics_proxy"
 
 # *_created series double the exposition for no use on dashboards or alerts.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
 class Metrics:

@@ -29,7 +29,9 @@ SHAPES: dict[str, str] = {
         "_p _s _et _ee _c _ss _nsi seg ir tfd frm are pae _fv sid gcu gcut dma rcb".split(),
         r"\d{1,16}",
     ),
-    **dict.fromkeys("v gtm tag_exp _eu _tu _z gaf gcd dma_cps pscdl".split(), r"[A-Za-z0-9_~.-]{0,160}"),
+    **dict.fromkeys(
+        "v gtm tag_exp _eu _tu _z gaf gcd dma_cps pscdl".split(), r"[A-Za-z0-9_~.-]{0,160}"
+    ),
     "gcs": r"G1[01-]{2}",
     "cu": r"[A-Za-z]{3}",
     "ul": r"[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8}){0,3}",
@@ -300,13 +302,13 @@ def compile_policy(
     table["cid"] = Rule("pseudonym", Action.REPLACED, _pseudonym)
     # Set by the proxy on the query only (Policy.forced, location, internal traffic).
     table["npa"] = table["tt"] = Rule("proxy_set", Action.DROPPED)
-    table["_dbg"] = Rule("debug", Action.DROPPED, _shaped("1")) if privacy.forward_debug else Rule("debug", Action.DROPPED)
+    table["_dbg"] = Rule("debug", Action.DROPPED, _shaped("1") if privacy.forward_debug else None)
     table["dl"] = Rule("url", Action.GENERALISED, _page_url(urls))
     table["dp"] = Rule("url", Action.GENERALISED, _page_path(urls))
     table["dh"] = Rule("hostname", Action.DROPPED, _hostname)
     table["dr"] = Rule("referrer", Action.GENERALISED, _referrer(urls, internal, balanced))
     table["dt"] = Rule("pii", Action.SCRUBBED, _scrub_text(pii, TITLE_LIMIT))
-    table["sct"] = Rule("technical", Action.DROPPED, _shaped(r"\d{1,6}")) if balanced else Rule("session_count", Action.DROPPED)
+    table["sct"] = Rule("session_count", Action.DROPPED, _shaped(r"\d{1,6}") if balanced else None)
     table["sr"] = (
         Rule("screen_class", Action.GENERALISED, _screen_class)
         if balanced

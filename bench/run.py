@@ -1,0 +1,147 @@
+"""Throughput benchmark: the whole proxy path against a naive pass-through baseline.
+
+Each target runs as one process pinned to core 0; the sink (standing in for Google) and wrk
+share core 1. The figure that counts is beacons *delivered* to the sink per second while wrk
+sends load; the proxy also reports what it accepted and lost. Usage:
+
+    python bench/run.py [--duration 10] [--connections 64] [--targets naive,proxy]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+HIT = json.loads((ROOT / "tests/fixtures/ga4-hits.jsonl").read_text().splitlines()[1])
+QUERY = HIT["url"].split("?", 1)[1]
+UA = ("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) "
+      "Chrome/125.0.6422.142 Safari/537.36")
+COOKIE = "_ga=GA1.1.832723134.1720041784; analytics_consent=granted; session=3f9a1c"
+LUA = f"""
+wrk.method = "POST"
+wrk.headers["User-Agent"] = "{UA}"
+wrk.headers["Cookie"] = "{COOKIE}"
+wrk.headers["Content-Type"] = "text/plain;charset=UTF-8"
+wrk.body = ""
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"port {port} did not open")
+
+
+def sink_count(port: int) -> int:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/count", timeout=5) as resp:
+        return int(resp.read())
+
+
+def rss_mib(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    match = re.search(r"VmRSS:\s+(\d+) kB", status)
+    return int(match.group(1)) / 1024 if match else 0.0
+
+
+def pinned(core: int, argv: list[str], **kwargs: object) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(["taskset", "-c", str(core), *argv], **kwargs)  # type: ignore[call-overload]
+
+
+def start_target(name: str, port: int, upstream: str, workdir: Path) -> subprocess.Popen[bytes]:
+    if name == "naive":
+        return pinned(0, [sys.executable, str(ROOT / "bench/naive.py"), str(port), upstream])
+    config = workdir / "bench.yaml"
+    config.write_text(
+        f"listen: {{host: 127.0.0.1, port: {port}}}\n"
+        f"admin: {{host: 127.0.0.1, port: {free_port()}}}\n"
+        "measurement_ids: [G-2FY44PPV92]\n"
+        f"upstream: {{url: '{upstream}', queue_size: 20000}}\n"
+        "log: {level: warning}\n"
+    )
+    return pinned(0, [sys.executable, "-m", "proxy", "serve", "--config", str(config)],
+                  cwd=ROOT, stdout=subprocess.DEVNULL)
+
+
+def wrk(port: int, seconds: int, connections: int, script: Path) -> str:
+    url = f"http://127.0.0.1:{port}/g/collect?{QUERY}"
+    out = subprocess.run(
+        ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s",
+         str(script), url], capture_output=True, text=True, check=True)
+    return out.stdout
+
+
+def measure(name: str, args: argparse.Namespace, sink_port: int, workdir: Path) -> dict[str, float]:
+    port = free_port()
+    proc = start_target(name, port, f"http://127.0.0.1:{sink_port}/g/collect", workdir)
+    try:
+        wait_port(port)
+        script = workdir / "beacon.lua"
+        script.write_text(LUA)
+        wrk(port, 2, args.connections, script)  # warm-up: caches, keep-alive pool
+        time.sleep(1)
+        rss_start = rss_mib(proc.pid)
+        before, t0 = sink_count(sink_port), time.monotonic()
+        report = wrk(port, args.duration, args.connections, script)
+        after, t1 = sink_count(sink_port), time.monotonic()
+        rss_end = rss_mib(proc.pid)
+        answered = float(re.search(r"Requests/sec:\s+([\d.]+)", report).group(1))  # type: ignore[union-attr]
+        return {"delivered_per_s": (after - before) / (t1 - t0), "answered_per_s": answered,
+                "rss_start_mib": rss_start, "rss_end_mib": rss_end}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--targets", default="naive,proxy")
+    args = parser.parse_args()
+    if os.cpu_count() and os.cpu_count() < 2:  # type: ignore[operator]
+        print("needs two cores", file=sys.stderr)
+        return 1
+    sink_port = free_port()
+    sink = pinned(1, [sys.executable, str(ROOT / "bench/sink.py"), str(sink_port)])
+    try:
+        wait_port(sink_port)
+        with tempfile.TemporaryDirectory() as tmp:
+            results = {name: measure(name, args, sink_port, Path(tmp))
+                       for name in args.targets.split(",")}
+    finally:
+        sink.terminate()
+    print("| target | delivered/s | answered/s | RSS start → end (MiB) |")
+    print("|---|---|---|---|")
+    for name, r in results.items():
+        print(f"| {name} | {r['delivered_per_s']:,.0f} | {r['answered_per_s']:,.0f} | "
+              f"{r['rss_start_mib']:.0f} → {r['rss_end_mib']:.0f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
