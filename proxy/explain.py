@@ -169,10 +169,10 @@ def _text_lines(result: dict[str, Any], color: bool) -> Iterable[str]:
     fwd = result["forwarded"]
     if fwd:
         yield ""
-        yield f"  POST {_short(fwd['url'], 200)}"
+        yield f"  POST {fwd['url']}"
         if fwd["body"]:
             for line in fwd["body"].split("\n"):
-                yield f"       {_short(line, 200)}"
+                yield f"       {line}"
         yield "  " + "   ".join(f"{k}: {v}" for k, v in fwd["headers"].items())
     if result["changes"]:
         yield ""

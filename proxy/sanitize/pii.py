@@ -91,6 +91,8 @@ class PatternDetector:
         if self.confirm is None:
             out, count = self.pattern.subn(self.token, text)
             return out if count else None
+        if self.pattern.search(text) is None:
+            return None  # the usual case, without building the closure below
         confirm, token = self.confirm, self.token
         hits = 0
 

@@ -46,6 +46,8 @@ _HOST = re.compile(r"[\w.\-]+")
 # (the one miss: an all-letter hex run of 24+, which is not a thing in practice).
 _SUSPECT = re.compile(r"[\d@%;]")
 _ANY_DIGIT = re.compile(r"\d")
+# Nothing a rule looks for fits in fewer characters: "a@b.io", a 6-digit id, "1.2.3.4".
+_SHORTEST_SUSPECT = 6
 # "@domain.tld", with or without a local part: in the forwarded URL, the path or "key=" before
 # it would read as one ("/@jane.doe", "?ref=@example.com").
 _AT_DOMAIN = re.compile(r"@[\w-]+(?:\.[\w-]+)+")
@@ -182,6 +184,8 @@ class UrlScrubber:
 
     def _segment_rule(self, segment: str) -> str | None:
         text = _decoded(segment)
+        if len(text) < _SHORTEST_SUSPECT:
+            return None  # "2024", "05", "p2": the common case for segments with digits
         if "@" in text and _AT_DOMAIN.search(text):
             return "path_email"
         if not _ANY_DIGIT.search(text):
