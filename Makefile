@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 CONFIG ?= config/proxy.yaml
 
-.PHONY: run test lint typecheck check clean
+.PHONY: run test lint typecheck bench clean
 
 $(BIN)/analytics-proxy: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ lint: $(VENV)/.test-deps
 
 typecheck: $(VENV)/.test-deps
 	$(BIN)/mypy
+
+# Throughput against a naive pass-through baseline; needs wrk (apt-get install wrk).
+bench: $(VENV)/.test-deps
+	$(BIN)/python bench/run.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

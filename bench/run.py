@@ -80,8 +80,10 @@ def start_target(name: str, port: int, upstream: str, workdir: Path) -> subproce
         f"upstream: {{url: '{upstream}', queue_size: 20000}}\n"
         "log: {level: warning}\n"
     )
-    return pinned(0, [sys.executable, "-m", "proxy", "serve", "--config", str(config)],
-                  cwd=ROOT, stdout=subprocess.DEVNULL)
+    argv = [sys.executable, "-m", "proxy", "serve", "--config", str(config)]
+    if name != "proxy":  # e.g. a script serving the same config another way
+        argv = [sys.executable, name, str(config)]
+    return pinned(0, argv, cwd=ROOT, stdout=subprocess.DEVNULL)
 
 
 def wrk(port: int, seconds: int, connections: int, script: Path) -> str:

@@ -42,9 +42,6 @@ class Beacon:
 
 
 def _decode(text: str) -> str:
-    # Fast path: most keys and many values carry no escape at all.
-    if "%" not in text and "+" not in text:
-        return text
     return unquote(text.replace("+", " "), errors="strict")
 
 
@@ -52,10 +49,14 @@ def _parse_params(text: str) -> Params:
     """``a=1&b=%20x&flag`` -> dict; bare flags (gtag's ``richsstsse``) get an empty value."""
     params: Params = {}
     for pair in text.split("&"):
-        if not pair:
-            continue
         name, _, value = pair.partition("=")
-        params[_decode(name)] = _decode(value)
+        # Inline fast path: most names and many values carry no escape at all.
+        if "%" in name or "+" in name:
+            name = _decode(name)
+        if "%" in value or "+" in value:
+            value = _decode(value)
+        if name:
+            params[name] = value
     return params
 
 
@@ -96,6 +97,12 @@ def _encode(text: str) -> str:
 def encode_params(params: Params) -> str:
     """URL-encode like gtag's encodeURIComponent (space as %20, not +)."""
     return "&".join(f"{_encode(k)}={_encode(v)}" for k, v in params.items())
+
+
+def encode_sanitised(params: Params) -> str:
+    """``encode_params`` for sanitised output, whose names all come from the policy table
+    and are plain by construction: only the values need encoding."""
+    return "&".join(f"{k}={_encode(v)}" for k, v in params.items())
 
 
 def encode_body(lines: list[Params]) -> str:

@@ -13,7 +13,11 @@ from proxy.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load
 
 
 def _load_config(path: str | None) -> Config:
-    return load(Path(path) if path else DEFAULT_CONFIG_PATH)
+    from proxy.pipeline import check_compiles
+
+    config = load(Path(path) if path else DEFAULT_CONFIG_PATH)
+    check_compiles(config)
+    return config
 
 
 def _serve(args: argparse.Namespace) -> int:

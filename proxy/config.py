@@ -35,6 +35,7 @@ _MEASUREMENT_ID = re.compile(r"^G-[A-Z0-9]{4,20}$")
 _DURATION = re.compile(r"^(\d+)\s*([smhd])$")
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _PARAM_NAME = re.compile(r"^[A-Za-z0-9_]{1,40}$")
+_OVERRIDE_NAME = re.compile(r"^[A-Za-z0-9_]{1,8}(\.[A-Za-z0-9_]{1,40})?$")
 
 
 class ConfigError(ValueError):
@@ -65,6 +66,11 @@ class Upstream(_Strict, frozen=True):
     retries: int = 4  # after the first attempt, for network errors, 5xx and 429
     backoff_initial: float = 0.2  # seconds; doubles each retry, with full jitter
     backoff_max: float = 10.0
+    # SIGTERM: /readyz turns 503 at once, but the proxy keeps serving for shutdown_grace so
+    # load balancers notice; then it stops accepting and has shutdown_deadline to deliver
+    # what it holds before the rest goes to the outbox (state.*).
+    shutdown_grace: float = 2.0
+    shutdown_deadline: float = 10.0
 
 
 class Pseudonym(_Strict, frozen=True):
@@ -124,6 +130,32 @@ class Geo(_Strict, frozen=True):
 
 class State(_Strict, frozen=True):
     redis_url: str | None = None
+    # The outbox holds sanitised beacons Google could not take in time (a Redis stream with
+    # redis_url, else memory). Its cap is exported as a metric to alert on, before trimming.
+    outbox_maxlen: int = 100_000
+    # GA dates a hit by when it arrives: a beacon delivered hours late lands in the wrong
+    # hour or day of the reports, so older entries are discarded (and counted) instead.
+    outbox_max_age: str = "4h"
+    # Seconds an entry may sit unacknowledged with one replica before another takes it
+    # over; longer than upstream.timeout so a send in progress is not duplicated.
+    claim_idle: float = 30.0
+    # Beacons held in memory while Redis is unreachable (or the outbox without Redis).
+    memory_outbox_size: int = 10_000
+
+    @property
+    def outbox_max_age_seconds(self) -> int:
+        return parse_duration(self.outbox_max_age)
+
+
+class RateLimit(_Strict, frozen=True):
+    # Beacons per client network (IPv4 /24, IPv6 /48) per window, shared across replicas.
+    # A /24 can be an office or a mobile carrier's NAT: keep it generous. 0 disables.
+    per_network: int = 1200
+    window: str = "1m"
+
+    @property
+    def window_seconds(self) -> int:
+        return parse_duration(self.window)
 
 
 class Log(_Strict, frozen=True):
@@ -141,6 +173,7 @@ class Config(_Strict, frozen=True):
     consent: Consent = Consent()
     geo: Geo = Geo()
     state: State = State()
+    rate_limit: RateLimit = RateLimit()
     log: Log = Log()
 
     @property
@@ -239,6 +272,25 @@ def validate(config: Config) -> None:
             raise ConfigError(f"upstream.{key}: must be at least 1")
     if up.retries < 0:
         raise ConfigError("upstream.retries: must not be negative")
+    if up.shutdown_grace < 0:
+        raise ConfigError("upstream.shutdown_grace: must not be negative")
+    if up.shutdown_deadline <= 0:
+        raise ConfigError("upstream.shutdown_deadline: must be positive")
+    state = config.state
+    for key, count in (
+        ("outbox_maxlen", state.outbox_maxlen),
+        ("memory_outbox_size", state.memory_outbox_size),
+    ):
+        if count < 1:
+            raise ConfigError(f"state.{key}: must be at least 1")
+    try:
+        max_age = state.outbox_max_age_seconds
+    except ValueError as exc:
+        raise ConfigError(f"state.outbox_max_age: {exc}") from None
+    if not 1 <= max_age <= 3 * 86400:
+        raise ConfigError("state.outbox_max_age: must be between 1s and 3d")
+    if state.claim_idle <= up.timeout:
+        raise ConfigError("state.claim_idle: must be longer than upstream.timeout")
     pseudo = config.privacy.pseudonym
     if not 8 <= pseudo.bits <= 64:
         raise ConfigError("privacy.pseudonym.bits: must be between 8 and 64")
@@ -263,6 +315,18 @@ def validate(config: Config) -> None:
         for name in names:
             if not _PARAM_NAME.match(name):
                 raise ConfigError(f"privacy.{key}: {name!r} is not a parameter name")
+    if config.rate_limit.per_network < 0:
+        raise ConfigError("rate_limit.per_network: must not be negative (0 disables)")
+    try:
+        window = config.rate_limit.window_seconds
+    except ValueError as exc:
+        raise ConfigError(f"rate_limit.window: {exc}") from None
+    if not 1 <= window <= 3600:
+        raise ConfigError("rate_limit.window: must be between 1s and 1h")
+    for name in config.privacy.overrides:
+        # Names reach Google unencoded (the policy table's names are plain by construction).
+        if not _OVERRIDE_NAME.match(name):
+            raise ConfigError(f"privacy.overrides: {name!r} is not a parameter name")
     regimes = config.consent.regimes
     try:
         opt_in, opt_out = expand_regions(regimes.opt_in), expand_regions(regimes.opt_out)

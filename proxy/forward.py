@@ -1,8 +1,9 @@
-"""Forwarding to Google: a bounded outbox between ingest and a pool of senders.
+"""Forwarding to Google: a bounded queue between ingest and a pool of senders.
 
-The browser's ``204`` never waits for this. Network errors, 5xx and 429 are retried with
-capped exponential backoff and full jitter; other answers are final. A full outbox or
-exhausted retries are counted, never silent.
+The browser's ``204`` never waits for Google. Network errors, 5xx and 429 are retried with
+capped exponential backoff and full jitter; other answers are final. A full queue or
+exhausted retries put the request into the outbox (``proxy.spill``), which delivers it
+later; only what the outbox cannot hold either is counted as lost.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import logging
 import random
 import sys
+import time
 from collections.abc import Callable
 from typing import Protocol, TextIO
 
@@ -21,8 +23,11 @@ import aiohttp
 from proxy.config import EU_ENDPOINT, Upstream
 from proxy.metrics import Metrics
 from proxy.pipeline import OutboundRequest
+from proxy.spill import Entry, Spill
 
 log = logging.getLogger(__name__)
+
+SHUTDOWN_POLL = 0.05  # seconds between checks that a non-durable spill has emptied
 
 
 class Sender(Protocol):
@@ -91,7 +96,8 @@ def retryable(status: int) -> bool:
 
 
 class Outbox:
-    """Bounded queue plus ``max_connections`` workers that deliver with retries."""
+    """Bounded queue plus ``max_connections`` workers that deliver with retries, and the
+    loop that drains the spill (when there is one) through single attempts."""
 
     def __init__(
         self,
@@ -99,79 +105,154 @@ class Outbox:
         config: Upstream,
         metrics: Metrics,
         jitter: Callable[[float], float] = lambda cap: random.uniform(0, cap),
+        spill: Spill | None = None,
     ) -> None:
         self._sender = sender
         self._config = config
         self._metrics = metrics
         self._jitter = jitter
-        self._queue: asyncio.Queue[OutboundRequest] = asyncio.Queue(config.queue_size)
+        self._spill = spill
+        self._queue: asyncio.Queue[Entry] = asyncio.Queue(config.queue_size)
         self._workers: list[asyncio.Task[None]] = []
-        self._in_flight = 0
+        self._current: dict[asyncio.Task[None], Entry] = {}  # in flight, by worker
+        self._drainer: asyncio.Task[None] | None = None
+        self._closing = False
 
     def start(self) -> None:
         self._workers = [
             asyncio.create_task(self._work(), name=f"forward-{i}")
             for i in range(self._config.max_connections)
         ]
+        if self._spill is not None:
+            self._drainer = asyncio.create_task(
+                self._spill.run(self.deliver_once), name="outbox-drain"
+            )
 
-    def put(self, request: OutboundRequest) -> bool:
-        """Accept a sanitised request without waiting; False (counted) when full."""
-        try:
-            self._queue.put_nowait(request)
-        except asyncio.QueueFull:
-            self._metrics.lost("queue_full")
-            return False
-        self._metrics.queue_depth.set(self._queue.qsize())
-        return True
+    async def put(self, request: OutboundRequest) -> bool:
+        """Accept a sanitised request: queued, or spilled when the queue is full. False
+        (counted as lost) only when neither can take it."""
+        accepted_at = time.time()
+        if not self._closing:
+            try:
+                self._queue.put_nowait((request, accepted_at))
+            except asyncio.QueueFull:
+                pass
+            else:
+                self._metrics.queue_depth.set(self._queue.qsize())
+                return True
+        return await self._spill_one(request, accepted_at, "queue_full")
 
     @property
     def pending(self) -> int:
-        return self._queue.qsize() + self._in_flight
+        return self._queue.qsize() + len(self._current)
+
+    async def _spill_one(self, request: OutboundRequest, accepted_at: float, reason: str) -> bool:
+        held = False
+        if self._spill is not None:
+            try:
+                held = await self._spill.put(request, accepted_at)
+            except Exception:
+                log.exception("outbox error")
+        if held:
+            self._metrics.spilled(reason)
+        else:
+            self._metrics.lost(reason)
+        return held
 
     async def _work(self) -> None:
+        task = asyncio.current_task()
+        assert task is not None
         while True:
-            request = await self._queue.get()
-            self._in_flight += 1
+            entry = await self._queue.get()
+            self._current[task] = entry
             try:
-                await self._deliver(request)
+                await self._deliver(*entry)
+            except asyncio.CancelledError:
+                raise  # the request stays in _current: shutdown() spills it
             except Exception:
                 log.exception("forwarder error")
                 self._metrics.lost("forward_error")
-            finally:
-                self._in_flight -= 1
-                self._queue.task_done()
-                self._metrics.queue_depth.set(self._queue.qsize())
+            del self._current[task]
+            self._queue.task_done()
+            self._metrics.queue_depth.set(self._queue.qsize())
 
-    async def _deliver(self, request: OutboundRequest) -> None:
+    async def _deliver(self, request: OutboundRequest, accepted_at: float) -> None:
         config = self._config
         for attempt in range(config.retries + 1):
             if attempt:
                 cap = min(config.backoff_max, config.backoff_initial * 2 ** (attempt - 1))
                 self._metrics.retries.inc()
                 await asyncio.sleep(self._jitter(cap))
-            try:
-                status = await self._sender.send(request)
-            except (TimeoutError, aiohttp.ClientError, OSError):
-                self._metrics.upstream("error")
-                continue
-            self._metrics.upstream(f"{status // 100}xx")
-            if 200 <= status < 300:
-                self._metrics.forwarded.inc()
+            settled = await self._attempt(request)
+            if settled is not None:
                 return
-            if not retryable(status):
-                # Google does not validate hits: a 4xx will not get better by repeating it.
-                self._metrics.lost("rejected")
-                return
-        self._metrics.lost("retries_exhausted")
+        await self._spill_one(request, accepted_at, "retries_exhausted")
 
-    async def drain(self, timeout: float) -> int:
-        """Wait up to ``timeout`` seconds for the queue to empty; returns what is left."""
+    async def _attempt(self, request: OutboundRequest) -> bool | None:
+        """One send. True: delivered; False: final answer (counted); None: worth a retry."""
+        try:
+            status = await self._sender.send(request)
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            self._metrics.upstream("error")
+            return None
+        self._metrics.upstream(f"{status // 100}xx")
+        if 200 <= status < 300:
+            self._metrics.forwarded.inc()
+            return True
+        if retryable(status):
+            return None
+        # Google does not validate hits: a 4xx will not get better by repeating it.
+        self._metrics.lost("rejected")
+        return False
+
+    async def deliver_once(self, request: OutboundRequest) -> bool:
+        """For the spill's drain loop: True once the request is settled (delivered, or
+        finally rejected); False when it should be tried again later."""
+        try:
+            return await self._attempt(request) is not None
+        except Exception:
+            # Not Google's answer but our own failure: retrying would fail the same way.
+            log.exception("forwarder error")
+            self._metrics.lost("forward_error")
+            return True
+
+    async def shutdown(self, deadline: float) -> int:
+        """Deliver what is queued within ``deadline`` seconds, then spill the rest (queued
+        and in flight). Without a durable spill, also wait for it to empty. Returns how
+        many accepted requests are lost (counted as lost "shutdown")."""
+        self._closing = True  # from now on, a late put goes straight to the spill
+        loop = asyncio.get_running_loop()
+        end = loop.time() + deadline
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._queue.join(), timeout)
-        return self.pending
-
-    async def close(self) -> None:
+            await asyncio.wait_for(self._queue.join(), deadline)
+        spill = self._spill
+        while spill is not None and not spill.durable and loop.time() < end:
+            await asyncio.sleep(SHUTDOWN_POLL)  # the drain loop delivers meanwhile
         for task in self._workers:
             task.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
         self._workers = []
+        leftovers = list(self._current.values())
+        self._current.clear()
+        while not self._queue.empty():
+            leftovers.append(self._queue.get_nowait())
+        self._metrics.queue_depth.set(0)
+        if self._drainer is not None:
+            self._drainer.cancel()
+            await asyncio.gather(self._drainer, return_exceptions=True)
+            self._drainer = None
+        held = 0
+        lost = 0
+        if spill is not None:
+            try:
+                held = await spill.put_many(leftovers) if leftovers else 0
+                lost = await spill.close()
+            except Exception:
+                log.exception("outbox error")
+        lost += len(leftovers) - held
+        if held:
+            self._metrics.spilled("shutdown", held)
+            log.info("spilled to the outbox at shutdown", extra={"count": held})
+        if lost:
+            self._metrics.lost("shutdown", lost)
+        return lost

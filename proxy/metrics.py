@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -13,7 +16,11 @@ from prometheus_client import (
 
 from proxy import __version__
 
+if TYPE_CHECKING:
+    from proxy.pseudonym import WindowKey
+
 NAMESPACE = "analytics_proxy"
+SALT_SOURCES = ("memory", "redis", "local")
 
 # *_created series double the exposition for no use on dashboards or alerts.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -71,15 +78,91 @@ class Metrics:
         Info("build", "Version of the proxy.", namespace=ns, registry=r).info(
             {"version": __version__}
         )
+        self.salt_age = Gauge(
+            "salt_age_seconds",
+            "Seconds since the window of the pseudonym salt in use began.",
+            namespace=ns,
+            registry=r,
+        )
+        self._salt_source = Gauge(
+            "salt_source",
+            "1 for where the pseudonym salt in use comes from; local: the shared store was "
+            "unreachable and this replica's pseudonyms differ from the others'.",
+            ["source"],
+            namespace=ns,
+            registry=r,
+        )
+        for source in SALT_SOURCES:
+            self._salt_source.labels(source)  # every source is exposed, at 0 until in use
+        # The outbox (proxy/spill.py). Alert on depth approaching max_entries: past the cap
+        # the oldest entries are trimmed, and that is counted too, never silent.
+        # Every worker reads the same shared stream: the largest reading, not their sum.
+        self.outbox_depth = Gauge(
+            "outbox_depth",
+            "Beacons held in the outbox (Redis stream plus memory) awaiting delivery.",
+            namespace=ns,
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.outbox_max_entries = Gauge(
+            "outbox_max_entries",
+            "The outbox's cap.",
+            namespace=ns,
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self._spilled = Counter(
+            "beacons_spilled",
+            "Beacons put into the outbox instead of being delivered now, by reason.",
+            ["reason"],
+            namespace=ns,
+            registry=r,
+        )
+        self.expired = Counter(
+            "beacons_expired",
+            "Outbox entries discarded as older than state.outbox_max_age.",
+            namespace=ns,
+            registry=r,
+        )
+        self.outbox_delivered = Counter(
+            "outbox_delivered",
+            "Outbox entries delivered to Google (including final 4xx, counted as rejected).",
+            namespace=ns,
+            registry=r,
+        )
+        self.outbox_claimed = Counter(
+            "outbox_claimed",
+            "Outbox entries taken over after their consumer left them idle (claim_idle).",
+            namespace=ns,
+            registry=r,
+        )
+        self.outbox_trimmed = Counter(
+            "outbox_trimmed",
+            "Outbox entries removed because the outbox reached its cap.",
+            namespace=ns,
+            registry=r,
+        )
 
     def drop(self, reason: str) -> None:
         self.dropped.labels(reason).inc()
 
-    def lost(self, reason: str) -> None:
-        self._lost.labels(reason).inc()
+    def lost(self, reason: str, count: int = 1) -> None:
+        self._lost.labels(reason).inc(count)
+
+    def spilled(self, reason: str, count: int = 1) -> None:
+        self._spilled.labels(reason).inc(count)
 
     def upstream(self, status_class: str) -> None:
         self._upstream.labels(status_class).inc()
+
+    def observe_salt(self, key: WindowKey) -> None:
+        """Record the source of a newly active salt (called when the key changes)."""
+        for source in SALT_SOURCES:
+            self._salt_source.labels(source).set(1 if source == key.source else 0)
+
+    def track_salt_age(self, age: Callable[[], float]) -> None:
+        """Read the salt's age at scrape time, so beacons never pay for it."""
+        self.salt_age.set_function(age)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

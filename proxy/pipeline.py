@@ -13,14 +13,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from proxy.beacon import MalformedBeacon, encode_body, encode_params, parse
+from proxy.beacon import MalformedBeacon, encode_sanitised, parse
 from proxy.client import IPAddress, truncate
-from proxy.config import Config
+from proxy.config import Config, ConfigError
 from proxy.consent.gate import ConsentGate, ConsentVerdict
 from proxy.consent.verdict import ConsentInput
 from proxy.cookies import parse_cookie_header
 from proxy.policy import compile_policy
 from proxy.pseudonym import Pseudonymizer
+from proxy.ratelimit import RateLimiter
 from proxy.regions import Regime, RegimeMap
 from proxy.sanitize.location import compile_location
 from proxy.sanitize.sanitizer import Change, Sanitizer
@@ -35,6 +36,7 @@ DROP_REASONS = (
     "unknown_tid",
     "bad_origin",
     "bot",
+    "rate_limited",
     "no_consent",
     "denied",
     "gpc",
@@ -94,11 +96,28 @@ def _drop(reason: str, detail: str = "", **kwargs: object) -> Outcome:
     return Outcome(False, reason, detail, **kwargs)  # type: ignore[arg-type]
 
 
+def check_compiles(config: Config) -> None:
+    """Compile the consent sources and the policy once, so that an option only they can
+    judge stops start-up as a ``ConfigError`` naming it, not as a traceback."""
+    try:
+        ConsentGate(config.consent)
+        compile_policy(config.privacy, config.allowed_origins)
+        compile_location(config.privacy.location)
+    except ConfigError:
+        raise
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 class Pipeline:
     """Everything compiled once from ``Config``; ``process`` is the per-beacon path."""
 
     def __init__(
-        self, config: Config, pseudonymizer: Pseudonymizer, clock: Callable[[], float] = time.time
+        self,
+        config: Config,
+        pseudonymizer: Pseudonymizer,
+        clock: Callable[[], float] = time.time,
+        limiter: RateLimiter | None = None,
     ) -> None:
         privacy = config.privacy
         self._tids = frozenset(config.measurement_ids)
@@ -111,6 +130,8 @@ class Pipeline:
         self._pseudonymizer = pseudonymizer
         self._cookieless = privacy.pseudonym.cookieless
         self._clock = clock
+        self._limiter = limiter
+        self._prefixes = (privacy.location.ipv4_prefix, privacy.location.ipv6_prefix)
 
     @property
     def sanitizer(self) -> Sanitizer:
@@ -139,6 +160,16 @@ class Pipeline:
         if agent.is_bot:
             return _drop("bot", events=len(events))
 
+        try:
+            key = await self._pseudonymizer.current()
+        except Exception:
+            log.warning("no salt available", extra={"reason": "pseudonym_unavailable"})
+            return _drop("pseudonym_unavailable", events=len(events))
+        if self._limiter is not None and request.client_ip is not None:
+            network = truncate(request.client_ip, *self._prefixes)
+            if not self._limiter.allow(RateLimiter.network_key(network, key.salt)):
+                return _drop("rate_limited", events=len(events))
+
         regime = self._regimes.regime(request.country, request.region)
         consent = self._gate.decide(
             ConsentInput(parse_cookie_header(request.cookie), events, self._clock()),
@@ -156,11 +187,6 @@ class Pipeline:
             # Cookieless: a stand-in id from the network and the generalised browser only.
             cid = f"cookieless|{truncate(request.client_ip)}|{agent.user_agent}"
             beacon.shared["cid"] = cid
-        try:
-            key = await self._pseudonymizer.current()
-        except Exception:
-            log.warning("no salt available", extra={"reason": "pseudonym_unavailable"})
-            return _drop("pseudonym_unavailable", regime=regime, consent=consent)
         pseudonymize = functools.partial(self._pseudonymizer.pseudonym, key, beacon.tid)
 
         location = self._location(request.client_ip)
@@ -171,7 +197,9 @@ class Pipeline:
             log.error("sanitiser error", extra={"reason": "sanitize_error"})
             return _drop("sanitize_error", regime=regime, consent=consent)
         outbound = OutboundRequest(
-            encode_params(clean.shared), encode_body(clean.lines), agent.user_agent
+            encode_sanitised(clean.shared),
+            "\n".join(encode_sanitised(line) for line in clean.lines),
+            agent.user_agent,
         )
         return Outcome(
             True,

@@ -101,7 +101,6 @@ SCREEN_CLASSES = (
     (3000, (2560, 1440)),
 )
 LARGEST_SCREEN = (3840, 2160)
-_DOTTED_QUAD = re.compile(r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}")
 
 _EVENT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,39}$")
 _NUMBER = re.compile(r"^-?\d{1,15}(\.\d{1,6})?$")
@@ -147,6 +146,9 @@ class Rule:
 
 DROP_IDENTIFIER = Rule("identifier", Action.DROPPED)
 DROP_UNKNOWN = Rule("unknown", Action.DROPPED)
+# ep./epn./up./upn. names outside privacy.event_params / privacy.user_properties.
+DROP_NOT_ALLOW_LISTED = Rule("not_allow_listed", Action.DROPPED)
+ALLOW_LIST_PREFIXES = ("ep.", "epn.", "up.", "upn.")
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,8 @@ class Policy:
             return rule
         if name.startswith(IDENTIFIER_PREFIXES):
             return DROP_IDENTIFIER
+        if name.startswith(ALLOW_LIST_PREFIXES):
+            return DROP_NOT_ALLOW_LISTED
         return DROP_UNKNOWN
 
 
@@ -243,12 +247,12 @@ def _screen_class(value: str, ctx: EventContext) -> str | None:
 
 
 def _shaped(pattern: str) -> RuleFn:
-    shape = re.compile(pattern)
+    # One C-level match per value: the shape, and (for dotted shapes) no IPv4 address inside.
+    guard = r"(?!.*\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3})" if "." in pattern else ""
+    match = re.compile(guard + pattern, re.DOTALL | re.ASCII).fullmatch
 
     def shaped(value: str, ctx: EventContext) -> str | None:
-        if shape.fullmatch(value) and not _DOTTED_QUAD.search(value):
-            return value
-        return None
+        return value if match(value) else None
 
     return shaped
 

@@ -1,6 +1,11 @@
 """The aiohttp applications: public (``/g/collect``, ``/healthz``, ``/readyz``) and admin
 (``/metrics``). ``init_app`` reads as a recipe; long-lived resources live in cleanup
-contexts under typed keys, opened once and closed once."""
+contexts under typed keys, opened once and closed once.
+
+Shutdown (``run``, on SIGTERM): readiness turns false first while serving goes on for
+``upstream.shutdown_grace``; then the listening sockets close, requests in progress finish,
+and the outbox delivers what it holds within ``upstream.shutdown_deadline``, spilling the
+rest to the durable outbox (Redis) for another replica to deliver."""
 
 from __future__ import annotations
 
@@ -9,9 +14,14 @@ import hmac
 import logging
 import signal
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
 
 from proxy.beacon import MAX_BODY
 from proxy.client import ClientAddressResolver
@@ -20,6 +30,7 @@ from proxy.forward import HttpSender, Outbox, Sender, StdoutSender
 from proxy.metrics import Metrics
 from proxy.pipeline import IncomingRequest, Pipeline
 from proxy.pseudonym import Pseudonymizer
+from proxy.spill import MemorySpill, RedisSpill, Spill
 from proxy.state import MemoryState, SaltStore
 
 log = logging.getLogger(__name__)
@@ -29,9 +40,24 @@ METRICS = web.AppKey("metrics", Metrics)
 PIPELINE = web.AppKey("pipeline", Pipeline)
 OUTBOX = web.AppKey("outbox", Outbox)
 RESOLVER = web.AppKey("resolver", ClientAddressResolver)
-READY = web.AppKey("ready", asyncio.Event)
+READY = web.AppKey("ready", asyncio.Event)  # set while the upstream sender is open
+SPILL: web.AppKey[Spill] = web.AppKey("spill")
 
-SHUTDOWN_DEADLINE = 10.0  # seconds to flush the outbox to Google on shutdown
+
+@dataclass
+class Health:
+    """What /readyz answers from: kept current in the background, never probed per request."""
+
+    shutting_down: bool = False
+    redis_ok: bool | None = None  # None: no Redis configured
+
+
+HEALTH = web.AppKey("health", Health)
+
+PROBE_INTERVAL = 1.0  # seconds between Redis PINGs (readiness) and outbox depth readings
+PROBE_TIMEOUT = 1.0
+REDIS_POOL_SIZE = 16  # connections per process for the outbox; callers wait for a free one
+REDIS_TIMEOUT = 2.0  # seconds for a connection, a free pool slot or an answer
 STATUS_OF = {"malformed": 400, "too_large": 413}
 CORS_METHODS = "GET, POST, OPTIONS"
 
@@ -45,7 +71,9 @@ def init_app(
     app[METRICS] = metrics or Metrics()
     app[RESOLVER] = ClientAddressResolver(config.trusted_proxies)
     app[READY] = asyncio.Event()
+    app[HEALTH] = Health()
     app.cleanup_ctx.append(_pipeline_ctx)
+    app.cleanup_ctx.append(_spill_ctx)
     app.cleanup_ctx.append(_outbox_ctx(sender))
     app.router.add_route("GET", "/g/collect", collect)
     app.router.add_route("POST", "/g/collect", collect)
@@ -63,6 +91,12 @@ def init_admin_app(config: Config, metrics: Metrics) -> web.Application:
 
 
 def make_state(config: Config) -> SaltStore:
+    """Redis when configured (several replicas share salts), else process memory."""
+    if config.state.redis_url:
+        # Imported only when configured: a single embedded process never loads the client.
+        from proxy.redis_state import RedisState
+
+        return RedisState(config.state.redis_url)
     return MemoryState()
 
 
@@ -71,36 +105,124 @@ def make_sender(config: Config) -> Sender:
 
 
 async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
-    config = app[CONFIG]
+    config, metrics = app[CONFIG], app[METRICS]
     state = make_state(config)
     pseudo = config.privacy.pseudonym
-    pseudonymizer = Pseudonymizer(state, bits=pseudo.bits, rotation=pseudo.rotation_seconds)
+    pseudonymizer = Pseudonymizer(
+        state, bits=pseudo.bits, rotation=pseudo.rotation_seconds, on_key=metrics.observe_salt
+    )
+    metrics.track_salt_age(pseudonymizer.salt_age)
     app[PIPELINE] = Pipeline(config, pseudonymizer)
-    await pseudonymizer.current()  # the first beacon should not be the one to create a salt
+    # The first beacon should not be the one to create a salt. Never raises: an unreachable
+    # store means a local salt, and serving goes on.
+    await pseudonymizer.current()
     yield
+    await pseudonymizer.close()
     await state.close()
+
+
+def make_redis(url: str) -> Redis:
+    """The outbox's own client: a bounded pool, short timeouts and a single quick retry (a
+    pooled connection may have gone stale), so an unreachable Redis fails fast to memory."""
+    pool = BlockingConnectionPool.from_url(
+        url,
+        max_connections=REDIS_POOL_SIZE,
+        timeout=REDIS_TIMEOUT,
+        socket_timeout=REDIS_TIMEOUT + 3,  # above the drain loop's blocking read
+        socket_connect_timeout=REDIS_TIMEOUT,
+        retry=Retry(NoBackoff(), 1),
+    )
+    return Redis.from_pool(pool)
+
+
+def make_spill(config: Config, metrics: Metrics, client: Redis | None) -> Spill:
+    state, up = config.state, config.upstream
+    if client is None:
+        return MemorySpill(
+            state.memory_outbox_size,
+            max_age=state.outbox_max_age_seconds,
+            metrics=metrics,
+            backoff_initial=up.backoff_initial,
+            backoff_max=up.backoff_max,
+        )
+    return RedisSpill(
+        client,
+        stream_maxlen=state.outbox_maxlen,
+        max_age=state.outbox_max_age_seconds,
+        claim_idle=state.claim_idle,
+        memory_size=state.memory_outbox_size,
+        metrics=metrics,
+        backoff_initial=up.backoff_initial,
+        backoff_max=up.backoff_max,
+    )
+
+
+async def _spill_ctx(app: web.Application) -> AsyncIterator[None]:
+    config, metrics, health = app[CONFIG], app[METRICS], app[HEALTH]
+    # A dry run never drains the shared outbox: it would print real replicas' beacons.
+    url = None if config.dry_run else config.state.redis_url
+    client = make_redis(url) if url else None
+    spill = app[SPILL] = make_spill(config, metrics, client)
+    metrics.outbox_max_entries.set(spill.capacity)
+    if client is not None:
+        health.redis_ok = await _ping(client)  # readiness is right from the first request
+    probe = asyncio.create_task(_probe(client, spill, health, metrics), name="readiness")
+    yield
+    probe.cancel()
+    await asyncio.gather(probe, return_exceptions=True)
+    await spill.close()  # normally done by the outbox's shutdown already; idempotent
+    if client is not None:
+        await client.aclose()
+
+
+async def _ping(client: Redis) -> bool:
+    try:
+        return bool(await asyncio.wait_for(client.ping(), PROBE_TIMEOUT))
+    except (RedisError, OSError, TimeoutError):
+        return False
+
+
+async def _probe(client: Redis | None, spill: Spill, health: Health, metrics: Metrics) -> None:
+    while True:
+        await asyncio.sleep(PROBE_INTERVAL)
+        if client is not None:
+            ok = await _ping(client)
+            if ok and health.redis_ok is False:
+                log.info("redis reachable again")
+            elif not ok and health.redis_ok:
+                log.warning("redis unreachable, not ready")
+            health.redis_ok = ok
+        try:
+            metrics.outbox_depth.set(await spill.depth())
+        except Exception:
+            log.exception("outbox depth unavailable")
 
 
 def _outbox_ctx(sender: Sender | None) -> Callable[[web.Application], AsyncIterator[None]]:
     async def outbox_ctx(app: web.Application) -> AsyncIterator[None]:
-        config = app[CONFIG]
+        config, metrics = app[CONFIG], app[METRICS]
         real_sender = sender or make_sender(config)
-        outbox = app[OUTBOX] = Outbox(real_sender, config.upstream, app[METRICS])
+        outbox = app[OUTBOX] = Outbox(real_sender, config.upstream, metrics, spill=app[SPILL])
         outbox.start()
         app[READY].set()
         yield
         app[READY].clear()
-        remaining = await outbox.drain(SHUTDOWN_DEADLINE)
-        if remaining:
+        deadline = config.upstream.shutdown_deadline
+        lost = await outbox.shutdown(deadline)
+        if lost:
+            # Only possible without a reachable Redis: reported, never silent.
             log.error(
                 "shutdown deadline passed with beacons undelivered",
-                extra={"count": remaining, "deadline": SHUTDOWN_DEADLINE},
+                extra={"count": lost, "deadline": deadline},
             )
-            app[METRICS].lost("shutdown")
-        await outbox.close()
         await real_sender.close()
 
     return outbox_ctx
+
+
+def begin_shutdown(app: web.Application) -> None:
+    """Readiness turns false first, while requests are still served."""
+    app[HEALTH].shutting_down = True
 
 
 def _cors(request: web.Request) -> dict[str, str]:
@@ -137,7 +259,7 @@ async def collect(request: web.Request) -> web.Response:
     outcome = await request.app[PIPELINE].process(incoming)
     metrics.events.inc(outcome.events)
     if outcome.outbound is not None:
-        if request.app[OUTBOX].put(outcome.outbound):
+        if await request.app[OUTBOX].put(outcome.outbound):
             metrics.accepted.labels(outcome.reason).inc()
     else:
         metrics.drop(outcome.reason)
@@ -164,9 +286,22 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    if request.app[READY].is_set():
+    reason = not_ready_reason(request.app)
+    if reason is None:
         return web.Response(text="ready\n")
-    return web.Response(status=503, text="not ready\n")
+    return web.Response(status=503, text=f"{reason}\n")
+
+
+def not_ready_reason(app: web.Application) -> str | None:
+    health = app[HEALTH]
+    if health.shutting_down:
+        return "shutting down"
+    if not app[READY].is_set():
+        return "starting"
+    if health.redis_ok is False:
+        # Beacons are still accepted (held in memory): degraded, so not ready for more.
+        return "redis unreachable"
+    return None
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
@@ -216,7 +351,12 @@ async def run(config: Config, *, sender: Sender | None = None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("shutting down")
-    app[READY].clear()
-    for runner in reversed(runners):
+    up = config.upstream
+    log.info("shutting down", extra={"deadline": up.shutdown_deadline})
+    begin_shutdown(app)
+    # Still serving: load balancers see /readyz fail and stop sending before we stop.
+    await asyncio.sleep(up.shutdown_grace)
+    # Public first: stop accepting, finish requests in progress, then the outbox's
+    # shutdown (cleanup contexts). Admin last, so /metrics can be read to the end.
+    for runner in runners:
         await runner.cleanup()

@@ -1,6 +1,6 @@
 """Shared state behind a narrow interface. The in-memory store is real, not a mock: it is
-the embedded default for a single process. The Redis store (multi-replica) implements the
-same protocol."""
+the embedded default for a single process. The Redis store (multi-replica, see
+``proxy.redis_state``) implements the same protocol."""
 
 from __future__ import annotations
 
@@ -13,8 +13,14 @@ SALT_BYTES = 32
 class SaltStore(Protocol):
     """One random salt per rotation window, the same for every replica sharing the store."""
 
+    source: str  # "memory" or "redis": reported in metrics as the salt's source
+
     async def salt_for(self, window: int, ttl: float) -> bytes:
         """The salt of ``window``, created on first use, forgotten after ``ttl`` seconds."""
+        ...
+
+    async def ping(self) -> bool:
+        """Whether the store answers now. Never raises."""
         ...
 
     async def close(self) -> None: ...
@@ -22,6 +28,8 @@ class SaltStore(Protocol):
 
 class MemoryState:
     """Process-local state. Keeps only the current window's salt: nothing keeps old salts."""
+
+    source = "memory"
 
     def __init__(self) -> None:
         self._salts: dict[int, bytes] = {}
@@ -38,6 +46,9 @@ class MemoryState:
     def windows(self) -> list[int]:
         """Windows whose salt is held (tests prove expired salts are gone)."""
         return sorted(self._salts)
+
+    async def ping(self) -> bool:
+        return True
 
     async def close(self) -> None:
         self._salts.clear()

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
+
+from tests.redis_server import RedisServer, external_url
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -23,3 +27,25 @@ CONSENT_CASES = load_jsonl("consent-cookies.jsonl")
 @pytest.fixture
 def ga4_hits() -> list[dict[str, Any]]:
     return GA4_HITS
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer | None]:
+    """A real Redis for the session (None when $ANALYTICS_PROXY_TEST_REDIS_URL is used)."""
+    if external_url():
+        yield None
+        return
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def redis_url(redis_server: RedisServer | None) -> AsyncIterator[str]:
+    """The URL of a real, emptied Redis database."""
+    url = external_url() or redis_server.url  # type: ignore[union-attr]
+    client = aioredis.from_url(url)
+    await client.flushdb()
+    await client.aclose()
+    yield url

@@ -122,6 +122,22 @@ def test_bad_config_exits_2_naming_the_key(capsys: Any, tmp_path: Path) -> None:
     assert "privacy.profile" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("yaml", "key"),
+    [
+        ("consent: {sources: [{type: klaro, services: []}]}", "consent.sources[0].services"),
+        ("privacy: {overrides: {cid: keep}}", "privacy.overrides.cid"),
+    ],
+)
+def test_options_judged_at_compile_time_also_exit_2(
+    capsys: Any, tmp_path: Path, yaml: str, key: str
+) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(f"measurement_ids: [G-ABCDEF1]\n{yaml}\n")
+    assert main(["serve", "--config", str(path)]) == 2
+    assert key in capsys.readouterr().err
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -196,12 +196,40 @@ async def test_an_exception_in_the_sanitiser_drops(monkeypatch: pytest.MonkeyPat
     assert (outcome.forward, outcome.reason, outcome.outbound) == (False, "sanitize_error", None)
 
 
-async def test_a_failing_salt_store_drops(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_failing_salt_store_falls_back_to_a_local_salt() -> None:
     class Broken(MemoryState):
         async def salt_for(self, window: int, ttl: float) -> bytes:
             raise ConnectionError("down")
 
-    cfg = config()
-    p = Pipeline(cfg, Pseudonymizer(Broken(), bits=32, rotation=86400))
+    p = Pipeline(config(), Pseudonymizer(Broken(), bits=32, rotation=86400))
     outcome = await p.process(request(HIT, cookie=GRANTED))
-    assert (outcome.forward, outcome.reason) == (False, "pseudonym_unavailable")
+    assert outcome.forward and outcome.outbound is not None
+    sent = dict(parse_qsl(outcome.outbound.query))
+    assert sent["cid"] != "1874137241.1685438100"
+
+
+async def test_no_pseudonym_at_all_drops(monkeypatch: pytest.MonkeyPatch) -> None:
+    pseudo = Pseudonymizer(MemoryState(), bits=32, rotation=86400)
+
+    async def fail() -> Any:
+        raise RuntimeError("no key")
+
+    monkeypatch.setattr(pseudo, "current", fail)
+    outcome = await Pipeline(config(), pseudo).process(request(HIT, cookie=GRANTED))
+    assert (outcome.forward, outcome.reason, outcome.outbound) == (
+        False, "pseudonym_unavailable", None)
+
+
+async def test_rate_limited_network_is_dropped_before_consent() -> None:
+    from proxy.ratelimit import MemoryCounters, RateLimiter
+
+    cfg = config()
+    limiter = RateLimiter(limit=2, window=60, store=MemoryCounters())
+    p = Pipeline(cfg, Pseudonymizer(MemoryState(), bits=32, rotation=86400), limiter=limiter)
+    ip = ipaddress.ip_address("203.0.113.57")
+    reasons = [(await p.process(request(HIT, cookie=GRANTED, client_ip=ip))).reason
+               for _ in range(3)]
+    other = await p.process(request(HIT, cookie=GRANTED,
+                                     client_ip=ipaddress.ip_address("198.51.100.1")))
+    assert reasons == ["granted", "granted", "rate_limited"]
+    assert other.reason == "granted"

@@ -245,6 +245,13 @@ def test_allow_listed_event_params_are_kept_and_scrubbed() -> None:
     assert "ep.secret" not in shared
 
 
+def test_event_params_outside_the_allow_list_say_so() -> None:
+    _, result = run(sanitizer(), {"epn.percent_scrolled": "90", "zz": "1"})
+    rules = {c.param: c.rule for c in result.changes}
+    assert rules == {"v": "technical", "tid": "technical", "epn.percent_scrolled":
+                     "not_allow_listed", "zz": "unknown", "npa": "proxy_set"}
+
+
 def test_numeric_event_param_must_be_a_number() -> None:
     s = sanitizer(event_params=["n"])
     assert "epn.n" not in run(s, {"epn.n": "12 Main Street"})[0]

@@ -151,7 +151,7 @@ async def test_answer_does_not_wait_for_google(
         ([503, 502], 3, True),
         ([429], 2, True),
         ([400], 1, False),
-        ([503] * 5, 5, False),  # retries exhausted (1 + 4): counted as lost
+        ([503] * 5, 6, True),  # retries exhausted (1 + 4): spilled, delivered from the outbox
     ],
 )
 async def test_retry_policy(

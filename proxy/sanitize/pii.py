@@ -7,9 +7,9 @@ match with a fixed token such as ``[email]``, so the text keeps its shape and no
 value survives.
 
 Detectors are built once at import (their regexes compiled then); a call only scans. Before
-any regex runs, ``scrub`` looks at three cheap features of the text (a digit, an ``@``, a
-``:``): a title such as ``Products | Demo E-commerce Store`` has none of them and is returned
-untouched after a single scan.
+any regex runs, ``scrub`` looks at cheap features of the text (how many digits, an ``@``, a
+``:``) and skips the detectors that cannot match: a title such as ``Products | Demo E-commerce
+Store`` has none of them and is returned untouched after a single scan.
 
 Nothing here logs, and no exception message carries a scanned value.
 """
@@ -123,7 +123,8 @@ def luhn_valid(digits: str) -> bool:
 def iban_valid(iban: str) -> bool:
     """ISO 13616 check: length 15-34, and mod-97 of the rearranged number is 1. Spaces allowed."""
     compact = iban.replace(" ", "").upper()
-    if not 15 <= len(compact) <= 34 or not compact.isascii() or not compact.isalnum():
+    if not (15 <= len(compact) <= 34 and compact.isascii() and compact.isalnum()
+            and compact[:2].isalpha() and compact[2:4].isdigit()):
         return False
     rearranged = compact[4:] + compact[:4]
     # int(c, 36) maps 0-9 to themselves and A-Z to 10-35, as ISO 7064 wants.
@@ -151,7 +152,7 @@ def _is_card(digits: str) -> bool:
     # ISO/IEC 7812 major industry identifiers 2-6 are the banking and payment ones (Visa 4,
     # Mastercard 2/5, Amex 3, Discover/UnionPay 6). Excluding 1 keeps 13-digit epoch-millisecond
     # timestamps, common in event parameters, from being taken for cards 10 % of the time.
-    return 13 <= len(digits) <= 19 and "2" <= digits[0] <= "6" and luhn_valid(digits)
+    return 13 <= len(digits) <= 19 and 2 <= int(digits[0]) <= 6 and luhn_valid(digits)
 
 
 def _confirm_iban(candidate: str, token: str) -> str | None:
@@ -181,11 +182,12 @@ def _confirm_phone(candidate: str, token: str) -> str | None:
     groups = _DIGIT_RUN.findall(candidate)
     # "36 38 40 42 44" is a list of sizes, "01 23 45 67 89" a French number: all-two-digit
     # groups count only with the national trunk prefix 0.
-    if all(len(group) == 2 for group in groups) and digits[0] != "0":
+    trunk_zero = int(digits[0]) == 0  # int(): digits may be in any script
+    if all(len(group) == 2 for group in groups) and not trunk_zero:
         return None
     # Nine digits without the trunk 0 are Spanish or Portuguese numbers, written with spaces;
     # "123-456-789" or "2023.001.45" is a product or document code.
-    if len(digits) == 9 and digits[0] != "0" and " " not in candidate:
+    if len(digits) == 9 and not trunk_zero and " " not in candidate:
         return None
     return token
 
@@ -250,13 +252,17 @@ _IPV4 = re.compile(
 )
 
 _IPV6 = re.compile(
-    r"(?=[0-9A-Fa-f:])(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|\d{1,3}(?:\.\d{1,3}){3})?"
+    r"(?=[0-9A-Fa-f:])(?<![\w:.])"
+    r"(?:[0-9A-Fa-f]{0,4}:){2,7}"                          # groups, "::" included
+    r"(?:[0-9A-Fa-f]{1,4}|\d{1,3}(?:\.\d{1,3}){3})?"       # last group, or IPv4-mapped
     r"(?![\w:]|\.\d)",
     re.ASCII,
 )
 
 _UK_POSTCODE = re.compile(
-    r"(?=[A-PR-UWYZ])(?<![A-Za-z0-9])[A-PR-UWYZ][A-HK-Y]?\d[A-Z\d]? ?\d[ABD-HJLNP-UW-Z]{2}(?![A-Za-z0-9])",
+    r"(?=[A-PR-UWYZ])(?<![A-Za-z0-9])"
+    r"[A-PR-UWYZ][A-HK-Y]?\d[A-Z\d]? ?\d[ABD-HJLNP-UW-Z]{2}"  # outward, inward code
+    r"(?![A-Za-z0-9])",
     re.ASCII,
 )
 

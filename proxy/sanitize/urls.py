@@ -46,7 +46,8 @@ _HOST = re.compile(r"[\w.\-]+")
 # (the one miss: an all-letter hex run of 24+, which is not a thing in practice).
 _SUSPECT = re.compile(r"[\d@%;]")
 _ANY_DIGIT = re.compile(r"\d")
-# Nothing a rule looks for fits in fewer characters: "a@b.io", a 6-digit id, "1.2.3.4".
+# Nothing a rule looks for fits in fewer characters (a 6-digit id, "1.2.3.4"), bar IPv6
+# addresses such as "1::" and "@a.io": those have a colon or an "@".
 _SHORTEST_SUSPECT = 6
 # "@domain.tld", with or without a local part: in the forwarded URL, the path or "key=" before
 # it would read as one ("/@jane.doe", "?ref=@example.com").
@@ -183,21 +184,24 @@ class UrlScrubber:
         return "/".join(segments)
 
     def _segment_rule(self, segment: str) -> str | None:
-        text = _decoded(segment)
-        if len(text) < _SHORTEST_SUSPECT:
+        if len(segment) < _SHORTEST_SUSPECT and ":" not in segment and "@" not in segment:
             return None  # "2024", "05", "p2": the common case for segments with digits
+        text = _decoded(segment)
         if "@" in text and _AT_DOMAIN.search(text):
             return "path_email"
-        if not _ANY_DIGIT.search(text):
-            return None
-        # UUID before long number: a UUID holds digit runs of up to 12.
-        if _UUID.search(text):
-            return "path_uuid"
-        if _LONG_NUMBER.search(text):
-            return "path_id"
-        if _TOKEN.search(text):
-            return "path_token"
-        if self._pii.scrub(text)[1]:
+        if _ANY_DIGIT.search(text):
+            # UUID before long number: a UUID holds digit runs of up to 12.
+            if _UUID.search(text):
+                return "path_uuid"
+            if _LONG_NUMBER.search(text):
+                return "path_id"
+            if _TOKEN.search(text):
+                return "path_token"
+            if self._pii.scrub(text)[1]:
+                return "path_pii"
+        # The segment is forwarded as it came, escapes included, and "%00::" reads as an IPv6
+        # address there even though "\x00::" is not one.
+        if text != segment and self._pii.scrub(segment)[1]:
             return "path_pii"
         return None
 
@@ -221,8 +225,15 @@ class UrlScrubber:
                 value, count = _AT_DOMAIN.subn("[email]", value)
                 changed = changed or count > 0
             if changed:
+                raw_value = quote(value, safe="")
+            if "%" in raw_value:
+                # The value is forwarded encoded and read that way downstream, where "%00::"
+                # holds an IPv6 address although "\x00::" does not.
+                raw_value, fired = self._pii.scrub(raw_value)
+                changed = changed or bool(fired)
+            if changed:
                 scrubbed = True
-                pair = f"{quote(key, safe='')}={quote(value, safe='')}"
+                pair = f"{quote(key, safe='')}={raw_value}"
             # Untouched pairs keep their original encoding: nothing in them changed.
             kept.append(pair)
         if dropped:

@@ -167,10 +167,12 @@ class UserAgentGeneraliser:
         """The canonical agent for ``ua``; a generic one for an empty or unknown UA."""
         if not ua:
             return _EMPTY
+        # Truncated first, so the cache holds at most cache_size x 1 KiB whatever is sent.
+        ua = ua[:_MAX_PARSED]
         hit = self._cache.get(ua)
         if hit is not None:
             return hit
-        agent = self._rebuild(ua[:_MAX_PARSED])
+        agent = self._rebuild(ua)
         if self._cache_size:
             if len(self._cache) >= self._cache_size:
                 # Oldest first (dicts keep insertion order): cheaper than LRU bookkeeping,

@@ -84,6 +84,11 @@ REPLACED = [
     ("2001:db8::8a2e:370:7334", "[ip]", ("ipv6",)),
     ("peer [2001:db8:85a3:0:0:8a2e:370:7334]", "peer [[ip]]", ("ipv6",)),
     ("::ffff:192.0.2.1", "[ip]", ("ipv6",)),
+    # digits of other scripts are digits too
+    ("\u0664\u0661\u0661\u0661 \u0661\u0661\u0661\u0661 \u0661\u0661\u0661\u0661 "
+     "\u0661\u0661\u0661\u0661", "[card]", ("card",)),
+    ("\uff10\uff12\uff10 \uff17\uff19\uff14\uff16 \uff10\uff19\uff15\uff18", "[phone]",
+     ("phone",)),
     # several at once
     ("a@b.com / +44 20 7946 0958", "[email] / [phone]", ("email", "phone")),
 ]

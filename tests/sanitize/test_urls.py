@@ -101,6 +101,9 @@ PAGES = [
     ("https://medium.com/@jane.doe/my-post", "https://medium.com/:email/my-post",
      ("path_email",)),
     ("https://medium.com/@janedoe/my-post", "https://medium.com/@janedoe/my-post", ()),
+    ("https://example.com/@a.io", "https://example.com/:email", ("path_email",)),
+    # checked as forwarded too, escapes included: "%00::" is an IPv6 address there
+    ("https://example.com/%00::/x", "https://example.com/:pii/x", ("path_pii",)),
 ]
 
 
@@ -122,6 +125,8 @@ def test_page_keeps_scheme_host_path_and_names_the_rules(url: str, expected: str
     ("https://example.com/?utm_term=jane%40example.com&q=1",
      "https://example.com/?utm_term=%5Bemail%5D", ("query", "query_pii")),
     ("https://example.com/?UTM_SOURCE=x", "https://example.com/", ("query",)),
+    ("https://example.com/?utm_term=%00::", "https://example.com/?utm_term=%[ip]",
+     ("query_pii",)),
     ("https://example.com/?utm_source=@example.com", "https://example.com/?utm_source=%5Bemail%5D",
      ("query_pii",)),
     ("https://example.com/?utm_campaign", "https://example.com/?utm_campaign", ()),

@@ -1,0 +1,518 @@
+"""The outbox: where an accepted beacon waits when Google cannot take it now (the in-memory
+queue is full, retries are exhausted, the process is shutting down), and from where it is
+delivered later, by this replica or any other.
+
+Only ``OutboundRequest`` is ever stored: query, body and User-Agent after sanitising, so
+the outbox holds no personal data. Delivery is at least once: an entry is removed only
+after Google answered, so a crash between Google's answer and the acknowledgement sends
+that entry again.
+
+Age limit: GA dates a hit by when it receives it, not by when the visitor acted. A beacon
+delivered hours late lands in the wrong hour or day of the reports, and a session's late
+events can start a new session. Entries older than ``max_age`` are therefore discarded and
+counted as expired: a short outage is bridged, a long one costs data rather than
+distorting reports. Raise the limit if completeness matters more than the timeline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import secrets
+import socket
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, Protocol
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, ResponseError
+from redis.typing import EncodableT, FieldT
+
+from proxy.metrics import Metrics
+from proxy.pipeline import OutboundRequest
+
+log = logging.getLogger(__name__)
+
+Deliver = Callable[[OutboundRequest], Awaitable[bool]]
+Entry = tuple[OutboundRequest, float]  # the request and when it was accepted (Unix time)
+
+KEY_PREFIX = "{analytics_proxy}:"  # one hash slot for every key of the proxy (Redis Cluster)
+STREAM_KEY = KEY_PREFIX + "outbox"
+GROUP = "forwarders"
+DEFAULT_MAX_AGE = 4 * 3600.0
+DEFAULT_BATCH = 64  # entries read, and delivered concurrently, per round
+BLOCK_SECONDS = 1.0  # longest wait on an empty stream, so claims and shutdown stay prompt
+RECONNECT_MAX = 5.0  # seconds between attempts to reach Redis again
+ACK_ON_CANCEL_TIMEOUT = 1.0
+MAX_CHUNK = 500  # entries per MULTI when many are added at once (shutdown, reconnect)
+# redis-py wraps socket errors, but a timeout or reset can surface unwrapped on some paths.
+UNREACHABLE = (RedisError, OSError)
+
+
+class Spill(Protocol):
+    """A bounded place for accepted requests, drained to Google by ``run``."""
+
+    @property
+    def durable(self) -> bool:
+        """True when nothing held here would be lost if the process exited now."""
+        ...
+
+    @property
+    def capacity(self) -> int: ...
+
+    async def put(self, request: OutboundRequest, accepted_at: float) -> bool:
+        """Hold ``request``; False only when it truly cannot (the caller counts the loss)."""
+        ...
+
+    async def put_many(self, entries: Sequence[Entry]) -> int:
+        """Hold several at once; returns how many are held."""
+        ...
+
+    async def depth(self) -> int: ...
+
+    async def run(self, deliver: Deliver) -> None:
+        """Deliver held entries until cancelled. ``deliver`` returns True when the request
+        is settled (Google answered 2xx, or a final 4xx); False leaves it for a retry."""
+        ...
+
+    async def close(self) -> int:
+        """Stop holding; returns how many entries are lost (not durable). Idempotent."""
+        ...
+
+
+class _Backoff:
+    """Exponential, capped, jittered waits between failing rounds, so a down Google is not
+    hammered and replicas do not retry in step."""
+
+    def __init__(self, initial: float, maximum: float) -> None:
+        self._initial, self._max = initial, maximum
+        self._next = initial
+        self.failing = False
+
+    def reset(self) -> None:
+        self._next, self.failing = self._initial, False
+
+    async def wait(self) -> None:
+        self.failing = True
+        delay = self._next
+        self._next = min(self._max, self._next * 2)
+        await asyncio.sleep(random.uniform(delay / 2, delay))
+
+
+async def _settle(deliver: Deliver, request: OutboundRequest) -> bool:
+    try:
+        return await deliver(request)
+    except Exception:
+        log.exception("outbox delivery error")
+        return False
+
+
+class MemorySpill:
+    """A bounded deque: the outbox without Redis, and the fallback while Redis is down."""
+
+    def __init__(
+        self,
+        maxlen: int,
+        *,
+        max_age: float = DEFAULT_MAX_AGE,
+        metrics: Metrics | None = None,
+        backoff_initial: float = 0.2,
+        backoff_max: float = 10.0,
+        batch: int = DEFAULT_BATCH,
+    ) -> None:
+        self._entries: deque[Entry] = deque()
+        self._maxlen = maxlen
+        self._max_age = max_age
+        self._metrics = metrics or Metrics()
+        self._backoff = (backoff_initial, backoff_max)
+        self._batch = batch
+        self._taken: dict[int, Entry] = {}  # being delivered by ``run``
+        self._wake = asyncio.Event()
+
+    @property
+    def durable(self) -> bool:
+        return len(self) == 0
+
+    @property
+    def capacity(self) -> int:
+        return self._maxlen
+
+    def __len__(self) -> int:
+        return len(self._entries) + len(self._taken)
+
+    def put_nowait(self, request: OutboundRequest, accepted_at: float) -> bool:
+        if len(self) >= self._maxlen:
+            return False
+        self._entries.append((request, accepted_at))
+        self._wake.set()
+        return True
+
+    async def put(self, request: OutboundRequest, accepted_at: float) -> bool:
+        return self.put_nowait(request, accepted_at)
+
+    async def put_many(self, entries: Sequence[Entry]) -> int:
+        return sum(self.put_nowait(request, at) for request, at in entries)
+
+    def take(self, count: int) -> list[Entry]:
+        """Remove up to ``count`` of the oldest entries (to move them elsewhere)."""
+        return [self._entries.popleft() for _ in range(min(count, len(self._entries)))]
+
+    def give_back(self, entries: Iterable[Entry]) -> None:
+        """Return taken entries to the front; they were counted in when first put."""
+        self._entries.extendleft(reversed(list(entries)))
+        if self._entries:
+            self._wake.set()
+
+    async def depth(self) -> int:
+        return len(self)
+
+    async def run(self, deliver: Deliver) -> None:
+        backoff = _Backoff(*self._backoff)
+        while True:
+            if not self._entries:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            # While Google fails, one entry probes; a full batch only once it answers.
+            self._taken = dict(enumerate(self.take(1 if backoff.failing else self._batch)))
+            try:
+                await asyncio.gather(
+                    *(self._one(deliver, i, e) for i, e in list(self._taken.items()))
+                )
+            finally:
+                # Whatever is not settled (a failure, or cancellation mid-send) goes back.
+                failed = list(self._taken.values())
+                self._taken = {}
+                self.give_back(failed)
+            if failed:
+                await backoff.wait()
+            else:
+                backoff.reset()
+
+    async def _one(self, deliver: Deliver, index: int, entry: Entry) -> None:
+        request, accepted_at = entry
+        if time.time() - accepted_at > self._max_age:
+            self._metrics.expired.inc()
+        elif await _settle(deliver, request):
+            self._metrics.outbox_delivered.inc()
+        else:
+            return
+        del self._taken[index]
+
+    async def close(self) -> int:
+        lost = len(self)
+        self._entries.clear()
+        self._taken = {}
+        return lost
+
+
+def consumer_name() -> str:
+    """Unique per process: a restarted replica must not inherit a dead one's identity."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _fields(entry: Entry) -> dict[FieldT, EncodableT]:
+    request, accepted_at = entry
+    return {
+        "q": request.query,
+        "b": request.body,
+        "ua": request.user_agent,
+        "t": f"{accepted_at:.3f}",
+    }
+
+
+def _entry(fields: dict[Any, Any]) -> Entry:
+    values = {_text(k): _text(v) for k, v in fields.items()}
+    request = OutboundRequest(query=values["q"], body=values["b"], user_agent=values["ua"])
+    return request, float(values["t"])
+
+
+class RedisSpill:
+    """A Redis stream read through a consumer group, so any replica drains it.
+
+    XADD with ``MAXLEN ~`` caps the stream; an entry is acknowledged and deleted only after
+    ``deliver`` settled it; entries another consumer left idle longer than ``claim_idle``
+    (it died, or its sends fail) are taken over with XAUTOCLAIM. While Redis is unreachable
+    new entries go to a bounded ``MemorySpill``, moved to the stream once Redis is back.
+    """
+
+    def __init__(
+        self,
+        client: Redis,
+        *,
+        stream_maxlen: int,
+        max_age: float = DEFAULT_MAX_AGE,
+        claim_idle: float = 30.0,
+        consumer: str | None = None,
+        memory_size: int = 10_000,
+        metrics: Metrics | None = None,
+        backoff_initial: float = 0.2,
+        backoff_max: float = 10.0,
+        batch: int = DEFAULT_BATCH,
+        key: str = STREAM_KEY,
+        group: str = GROUP,
+    ) -> None:
+        self._client = client
+        self._maxlen = stream_maxlen
+        self._max_age = max_age
+        self._claim_idle_ms = max(1, int(claim_idle * 1000))
+        self._claim_every = min(max(claim_idle / 2, 0.05), 10.0)
+        self._block_ms = int(min(BLOCK_SECONDS, self._claim_every) * 1000)
+        self.consumer = consumer or consumer_name()
+        self._metrics = metrics or Metrics()
+        self._backoff = (backoff_initial, backoff_max)
+        self._batch = batch
+        self._key, self._group = key, group
+        self._fallback = MemorySpill(
+            memory_size,
+            max_age=max_age,
+            metrics=self._metrics,
+            backoff_initial=backoff_initial,
+            backoff_max=backoff_max,
+            batch=batch,
+        )
+        self._available = True  # optimistic; the first Redis error sends puts to memory
+        self._group_ready = False
+        self._retry_own = True  # our own pending entries first (none for a new consumer)
+        self._next_claim = 0.0
+        self._claim_cursor = "0-0"
+        self._last_length = 0
+        self._closed = False
+
+    @property
+    def durable(self) -> bool:
+        return self._available and len(self._fallback) == 0
+
+    @property
+    def capacity(self) -> int:
+        return self._maxlen
+
+    @property
+    def available(self) -> bool:
+        """False from a failed Redis command until the drain loop reached Redis again."""
+        return self._available
+
+    async def put(self, request: OutboundRequest, accepted_at: float) -> bool:
+        return await self.put_many([(request, accepted_at)]) == 1
+
+    async def put_many(self, entries: Sequence[Entry]) -> int:
+        held = 0
+        while held < len(entries) and self._available and not self._closed:
+            chunk = entries[held : held + MAX_CHUNK]
+            try:
+                await self._add(chunk)
+            except UNREACHABLE:
+                self._unreachable()
+                break
+            held += len(chunk)
+        return held + await self._fallback.put_many(entries[held:])
+
+    async def _add(self, entries: Sequence[Entry]) -> None:
+        # Lengths around the XADDs, atomically, count what MAXLEN trimmed: not silent.
+        pipe = self._client.pipeline(transaction=True)
+        pipe.xlen(self._key)
+        for entry in entries:
+            pipe.xadd(self._key, _fields(entry), maxlen=self._maxlen, approximate=True)
+        pipe.xlen(self._key)
+        results = await pipe.execute()
+        before, after = int(results[0]), int(results[-1])
+        self._last_length = after
+        trimmed = before + len(entries) - after
+        if trimmed > 0:
+            self._metrics.outbox_trimmed.inc(trimmed)
+
+    async def depth(self) -> int:
+        if self._available:
+            try:
+                self._last_length = int(await self._client.xlen(self._key))
+            except UNREACHABLE:
+                self._unreachable()
+        return self._last_length + len(self._fallback)
+
+    def _unreachable(self) -> None:
+        if self._available:
+            log.warning("outbox redis unreachable, holding beacons in memory")
+        self._available = False
+        self._group_ready = False
+        # A read cut off by the failure may have assigned entries to us unseen: re-read ours.
+        self._retry_own = True
+
+    async def run(self, deliver: Deliver) -> None:
+        # Memory-held entries are delivered directly too: Google may be up while Redis is not.
+        fallback = asyncio.create_task(self._fallback.run(deliver), name="outbox-memory")
+        backoff = _Backoff(*self._backoff)
+        reconnect = _Backoff(self._backoff[0], RECONNECT_MAX)
+        try:
+            while True:
+                try:
+                    if not self._group_ready:
+                        await self._connect()
+                        reconnect.reset()
+                    entries = await self._next_entries(1 if backoff.failing else self._batch)
+                    if not entries:
+                        continue
+                    if await self._process(entries, deliver):
+                        backoff.reset()
+                    else:
+                        self._retry_own = True
+                        await backoff.wait()
+                except ResponseError as exc:
+                    self._group_ready = False
+                    if "NOGROUP" not in str(exc):
+                        log.error("outbox redis refused a command", extra={"reason": "error"})
+                        await reconnect.wait()
+                    # NOGROUP: the stream was deleted (flush, restart): create it again.
+                except UNREACHABLE:
+                    self._unreachable()
+                    await reconnect.wait()
+        finally:
+            fallback.cancel()
+            await asyncio.gather(fallback, return_exceptions=True)
+
+    async def _connect(self) -> None:
+        try:
+            # From the start, "0": entries added before the group existed are read too.
+            await self._client.xgroup_create(self._key, self._group, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._group_ready = True
+        if not self._available:
+            self._available = True
+            moved = await self._move_fallback()
+            log.info("outbox redis reachable again", extra={"count": moved})
+
+    async def _move_fallback(self) -> int:
+        moved = 0
+        while len(self._fallback) and self._available:
+            chunk = self._fallback.take(MAX_CHUNK)
+            if not chunk:
+                break  # the rest is being delivered by the memory loop right now
+            try:
+                await self._add(chunk)
+            except UNREACHABLE:
+                self._fallback.give_back(chunk)
+                self._unreachable()
+                break
+            moved += len(chunk)
+        return moved
+
+    async def _next_entries(self, count: int) -> list[tuple[Any, Any]]:
+        now = time.monotonic()
+        if now >= self._next_claim:
+            self._next_claim = now + self._claim_every
+            reply = await self._client.xautoclaim(
+                self._key, self._group, self.consumer, self._claim_idle_ms,
+                start_id=self._claim_cursor, count=count,
+            )
+            cursor, claimed = reply[0], reply[1]
+            self._claim_cursor = _text(cursor)
+            if self._claim_cursor != "0-0":
+                self._next_claim = now  # more to scan: continue on the next round
+            if any(entry_id is None for entry_id, _ in claimed):
+                # Redis 6.2 hides the id of a claimed entry that was trimmed meanwhile; our
+                # own history read below shows it (empty), and then it is acknowledged.
+                self._retry_own = True
+            claimed = [(i, f) for i, f in claimed if i is not None]
+            if claimed:
+                self._metrics.outbox_claimed.inc(len(claimed))
+                return claimed
+        if self._retry_own:
+            own = self._stream_entries(
+                await self._client.xreadgroup(
+                    self._group, self.consumer, {self._key: "0"}, count=count
+                )
+            )
+            if own:
+                return own
+            self._retry_own = False
+        return self._stream_entries(
+            await self._client.xreadgroup(
+                self._group, self.consumer, {self._key: ">"}, count=count, block=self._block_ms
+            )
+        )
+
+    @staticmethod
+    def _stream_entries(reply: Any) -> list[tuple[Any, Any]]:
+        if not reply:
+            return []
+        if isinstance(reply, dict):  # RESP3
+            return [e for entries in reply.values() for e in (entries[0] if entries else [])]
+        return [e for _, entries in reply for e in entries]
+
+    async def _process(self, entries: list[tuple[Any, Any]], deliver: Deliver) -> bool:
+        """Deliver a round; acknowledge and delete what is settled. True if all were."""
+        settled: list[Any] = []
+        pending: list[tuple[Any, OutboundRequest]] = []
+        for entry_id, fields in entries:
+            if not fields:  # trimmed while pending: nothing left to deliver
+                settled.append(entry_id)
+                continue
+            try:
+                request, accepted_at = _entry(fields)
+            except (KeyError, ValueError, UnicodeDecodeError):
+                log.error("outbox entry unreadable, discarded")
+                self._metrics.lost("outbox_unreadable")
+                settled.append(entry_id)
+                continue
+            if time.time() - accepted_at > self._max_age:
+                self._metrics.expired.inc()
+                settled.append(entry_id)
+            else:
+                pending.append((entry_id, request))
+
+        async def one(entry_id: Any, request: OutboundRequest) -> bool:
+            if await _settle(deliver, request):
+                self._metrics.outbox_delivered.inc()
+                settled.append(entry_id)
+                return True
+            return False
+
+        try:
+            results = await asyncio.gather(*(one(i, r) for i, r in pending))
+        except asyncio.CancelledError:
+            # Acknowledge what Google already took, so no other replica sends it again.
+            with contextlib.suppress(*UNREACHABLE):
+                await asyncio.wait_for(self._ack(settled), ACK_ON_CANCEL_TIMEOUT)
+            raise
+        await self._ack(settled)
+        return all(results)
+
+    async def _ack(self, ids: list[Any]) -> None:
+        if not ids:
+            return
+        pipe = self._client.pipeline(transaction=False)
+        pipe.xack(self._key, self._group, *ids)
+        pipe.xdel(self._key, *ids)
+        await pipe.execute()
+
+    async def close(self) -> int:
+        """Move memory-held entries to Redis if it is reachable; returns what could not be."""
+        if self._closed:
+            return 0
+        self._closed = True
+        if len(self._fallback):
+            with contextlib.suppress(*UNREACHABLE):
+                await self._client.ping()
+                self._available = True
+            await self._move_fallback()
+        with contextlib.suppress(*UNREACHABLE):
+            await self._forget_consumer()
+        return await self._fallback.close()
+
+    async def _forget_consumer(self) -> None:
+        # A consumer without pending entries is only clutter in XINFO; one with pending
+        # entries must stay until another replica claimed them (DELCONSUMER drops them).
+        pending = await self._client.xpending_range(
+            self._key, self._group, "-", "+", 1, consumername=self.consumer
+        )
+        if not pending:
+            await self._client.xgroup_delconsumer(self._key, self._group, self.consumer)
