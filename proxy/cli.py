@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
+import gc
 import json
 import sys
 from pathlib import Path
@@ -21,14 +23,36 @@ def _load_config(path: str | None) -> Config:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from proxy import server
-
     config = _load_config(args.config)
     logs.setup(config.log.level)
+    if args.workers > 1:
+        from proxy.workers import supervise
+
+        return supervise(args.workers, functools.partial(_run_worker, args.config))
+    _run_one(config, reuse_port=False, serve_admin=True)
+    return 0
+
+
+def _run_worker(config_path: str | None, index: int) -> None:
+    """One of ``--workers N`` (a spawned process): load, then serve on the shared port."""
+    config = _load_config(config_path)
+    logs.setup(config.log.level)
+    _run_one(config, reuse_port=True, serve_admin=index == 0)
+
+
+def _run_one(config: Config, *, reuse_port: bool, serve_admin: bool) -> None:
     import uvloop
 
-    uvloop.run(server.run(config))
-    return 0
+    from proxy import server
+
+    async def main() -> None:
+        # Start-up objects (compiled policy, UA rules, ...) live for the whole run: keep the
+        # cyclic collector from rescanning them on every collection under load.
+        gc.collect()
+        gc.freeze()
+        await server.run(config, reuse_port=reuse_port, serve_admin=serve_admin)
+
+    uvloop.run(main())
 
 
 def _explain(args: argparse.Namespace) -> int:
@@ -85,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the proxy")
     serve.add_argument("--config", help=f"YAML file (default {DEFAULT_CONFIG_PATH})")
+    serve.add_argument("--workers", type=int, default=1,
+                       help="processes sharing the port (SO_REUSEPORT); default 1")
     serve.set_defaults(func=_serve)
     explain = sub.add_parser("explain", help="show what the proxy does to a beacon")
     explain.add_argument("url", nargs="?", help="the beacon's URL (…/g/collect?v=2&…)")

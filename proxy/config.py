@@ -59,6 +59,9 @@ class Admin(_Strict, frozen=True):
 
 class Upstream(_Strict, frozen=True):
     url: str = EU_ENDPOINT  # "stdout": dry run, one JSON line per forwarded request
+    # lean: the proxy's own HTTP/1.1 keep-alive sender (proxy/transport.py), several times
+    # cheaper per request; aiohttp: aiohttp's ClientSession, the conservative choice.
+    client: Literal["lean", "aiohttp"] = "lean"
     timeout: float = 5.0  # seconds for one request to Google, connect included
     connect_timeout: float = 2.0
     max_connections: int = 64  # keep-alive pool size, and concurrent sends

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -9,9 +10,9 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
-    Info,
     disable_created_metrics,
     generate_latest,
+    multiprocess,
 )
 
 from proxy import __version__
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
     from proxy.pseudonym import WindowKey
 
 NAMESPACE = "analytics_proxy"
+# Set by ``serve --workers N`` (proxy/workers.py) before any worker imports this module.
+MULTIPROC_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
 SALT_SOURCES = ("memory", "redis", "local")
 
 # *_created series double the exposition for no use on dashboards or alerts.
@@ -31,6 +34,7 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        self._refreshers: list[Callable[[], None]] = []
         r, ns = self.registry, NAMESPACE
         self.received = Counter(
             "beacons_received", "Beacon requests received on /g/collect.", namespace=ns, registry=r
@@ -72,17 +76,29 @@ class Metrics:
         self.retries = Counter(
             "forward_retries", "Retried requests to Google.", namespace=ns, registry=r
         )
+        # Each worker has its own queue: the sum is the process group's.
         self.queue_depth = Gauge(
-            "queue_depth", "Beacons waiting in the in-memory outbox.", namespace=ns, registry=r
+            "queue_depth",
+            "Beacons waiting in the in-memory queue.",
+            namespace=ns,
+            registry=r,
+            multiprocess_mode="livesum",
         )
-        Info("build", "Version of the proxy.", namespace=ns, registry=r).info(
-            {"version": __version__}
-        )
+        # A gauge rather than an Info metric: Info does not work across workers.
+        Gauge(
+            "build_info",
+            "Version of the proxy.",
+            ["version"],
+            namespace=ns,
+            registry=r,
+            multiprocess_mode="livemax",
+        ).labels(__version__).set(1)
         self.salt_age = Gauge(
             "salt_age_seconds",
             "Seconds since the window of the pseudonym salt in use began.",
             namespace=ns,
             registry=r,
+            multiprocess_mode="livemax",
         )
         self._salt_source = Gauge(
             "salt_source",
@@ -91,6 +107,7 @@ class Metrics:
             ["source"],
             namespace=ns,
             registry=r,
+            multiprocess_mode="livemax",  # any worker on a local salt shows as local
         )
         for source in SALT_SOURCES:
             self._salt_source.labels(source)  # every source is exposed, at 0 until in use
@@ -162,7 +179,20 @@ class Metrics:
 
     def track_salt_age(self, age: Callable[[], float]) -> None:
         """Read the salt's age at scrape time, so beacons never pay for it."""
-        self.salt_age.set_function(age)
+        if MULTIPROC_DIR:
+            # Across workers values live in files: a scrape cannot call into another process.
+            self._refreshers.append(lambda: self.salt_age.set(age()))
+        else:
+            self.salt_age.set_function(age)
+
+    def refresh(self) -> None:
+        """Update values that are sampled rather than counted (called once a second)."""
+        for refresh in self._refreshers:
+            refresh()
 
     def exposition(self) -> bytes:
+        if MULTIPROC_DIR:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry, MULTIPROC_DIR)  # type: ignore[no-untyped-call]
+            return generate_latest(registry)
         return generate_latest(self.registry)

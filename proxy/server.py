@@ -30,8 +30,10 @@ from proxy.forward import HttpSender, Outbox, Sender, StdoutSender
 from proxy.metrics import Metrics
 from proxy.pipeline import IncomingRequest, Pipeline
 from proxy.pseudonym import Pseudonymizer
+from proxy.ratelimit import MemoryCounters, RateLimiter, RedisCounters
 from proxy.spill import MemorySpill, RedisSpill, Spill
 from proxy.state import MemoryState, SaltStore
+from proxy.transport import FastSender
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +103,21 @@ def make_state(config: Config) -> SaltStore:
 
 
 def make_sender(config: Config) -> Sender:
-    return StdoutSender() if config.dry_run else HttpSender(config.upstream)
+    if config.dry_run:
+        return StdoutSender()
+    if config.upstream.client == "aiohttp":
+        return HttpSender(config.upstream)
+    return FastSender(config.upstream)
+
+
+def make_limiter(config: Config, state: SaltStore) -> RateLimiter | None:
+    """Counts shared through the salt store's Redis when there is one, else in memory."""
+    limit = config.rate_limit
+    if not limit.per_network:
+        return None
+    client = getattr(state, "client", None)
+    store = RedisCounters(client) if client is not None else MemoryCounters()
+    return RateLimiter(limit.per_network, limit.window_seconds, store)
 
 
 async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -112,11 +128,16 @@ async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
         state, bits=pseudo.bits, rotation=pseudo.rotation_seconds, on_key=metrics.observe_salt
     )
     metrics.track_salt_age(pseudonymizer.salt_age)
-    app[PIPELINE] = Pipeline(config, pseudonymizer)
+    limiter = make_limiter(config, state)
+    app[PIPELINE] = Pipeline(config, pseudonymizer, limiter=limiter)
+    sync = asyncio.create_task(limiter.run(), name="rate-limit") if limiter else None
     # The first beacon should not be the one to create a salt. Never raises: an unreachable
     # store means a local salt, and serving goes on.
     await pseudonymizer.current()
     yield
+    if sync is not None:
+        sync.cancel()
+        await asyncio.gather(sync, return_exceptions=True)
     await pseudonymizer.close()
     await state.close()
 
@@ -196,6 +217,7 @@ async def _probe(client: Redis | None, spill: Spill, health: Health, metrics: Me
             metrics.outbox_depth.set(await spill.depth())
         except Exception:
             log.exception("outbox depth unavailable")
+        metrics.refresh()
 
 
 def _outbox_ctx(sender: Sender | None) -> Callable[[web.Application], AsyncIterator[None]]:
@@ -323,18 +345,29 @@ def _admin_auth(token: str | None) -> Middleware:
     return auth
 
 
-async def run(config: Config, *, sender: Sender | None = None) -> None:
-    """Serve both applications until SIGTERM/SIGINT, then shut down gracefully."""
+async def run(
+    config: Config,
+    *,
+    sender: Sender | None = None,
+    reuse_port: bool = False,
+    serve_admin: bool = True,
+) -> None:
+    """Serve until SIGTERM/SIGINT, then shut down gracefully. With ``--workers`` every
+    worker shares the public port (``reuse_port``) and only one serves the admin port."""
     metrics = Metrics()
     app = init_app(config, metrics, sender)
-    admin = init_admin_app(config, metrics)
-    runners = [web.AppRunner(app, access_log=None), web.AppRunner(admin, access_log=None)]
+    runners = [web.AppRunner(app, access_log=None)]
+    if serve_admin:
+        runners.append(web.AppRunner(init_admin_app(config, metrics), access_log=None))
     for runner in runners:
         await runner.setup()
     sites = [
-        web.TCPSite(runners[0], config.listen.host, config.listen.port),
-        web.TCPSite(runners[1], config.admin.host, config.admin.port),
+        web.TCPSite(
+            runners[0], config.listen.host, config.listen.port, reuse_port=reuse_port or None
+        )
     ]
+    if serve_admin:
+        sites.append(web.TCPSite(runners[1], config.admin.host, config.admin.port))
     for site in sites:
         await site.start()
     log.info(

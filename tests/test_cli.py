@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -149,7 +150,8 @@ def test_serve_dry_run_prints_forwarded_request_and_stops_on_sigterm(tmp_path: P
     config = tmp_path / "proxy.yaml"
     config.write_text(f"listen: {{host: 127.0.0.1, port: {port}}}\n"
                       f"admin: {{host: 127.0.0.1, port: {admin}}}\n"
-                      "measurement_ids: [G-18JR3Q8PJ8]\nupstream: {url: stdout}\n")
+                      "measurement_ids: [G-18JR3Q8PJ8]\n"
+                      "upstream: {url: stdout, shutdown_grace: 0}\n")
     proc = subprocess.Popen([sys.executable, "-m", "proxy", "serve", "--config", str(config)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -177,3 +179,43 @@ def test_serve_dry_run_prints_forwarded_request_and_stops_on_sigterm(tmp_path: P
     logs = [json.loads(entry) for entry in err.strip().splitlines()]
     assert any(entry["message"] == "serving" for entry in logs)
     assert CAPTURED_CID not in err and "127.0.0.1" not in out
+
+
+def test_workers_share_the_port_and_metrics_add_up(tmp_path: Path) -> None:
+    port, admin = _free_port(), _free_port()
+    config = tmp_path / "proxy.yaml"
+    config.write_text(f"listen: {{host: 127.0.0.1, port: {port}}}\n"
+                      f"admin: {{host: 127.0.0.1, port: {admin}}}\n"
+                      "measurement_ids: [G-18JR3Q8PJ8]\nupstream: {url: stdout, "
+                      "shutdown_grace: 0}\n")
+    proc = subprocess.Popen([sys.executable, "-m", "proxy", "serve", "--workers", "2",
+                             "--config", str(config)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    log_lines: list[dict[str, Any]] = []
+    reader = threading.Thread(target=lambda: log_lines.extend(
+        json.loads(line) for line in proc.stderr), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    beacons = 40
+    try:
+        for _ in range(300):  # bounded wait until both workers serve
+            if sum(e["message"] == "serving" for e in log_lines) == 2:
+                break
+            time.sleep(0.05)
+        query = HIT["url"].split("?", 1)[1]
+        for _ in range(beacons):  # a new connection each: the kernel spreads them
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/g/collect?{query}",
+                                         data=b"", headers={"User-Agent": FIREFOX})
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                assert resp.status == 204
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        reader.join(timeout=10)
+    assert proc.returncode == 0
+    serving = [e for e in log_lines if e["message"] == "serving"]
+    assert len(serving) == 2  # two processes bound the same port
+    # Counted in whichever worker took each beacon, summed on the admin port.
+    assert f"analytics_proxy_beacons_received_total {beacons}.0" in text
+    assert f'analytics_proxy_beacons_dropped_total{{reason="no_consent"}} {beacons}.0' in text

@@ -290,3 +290,18 @@ async def test_untrusted_peer_cannot_spoof_its_address(
     await client.post(hit_target(FORWARDABLE[0]), headers=HEADERS)
     (got,) = await cap.wait_for(1)
     assert dict(parse_qsl(got.query))["_uip"] == "127.0.0.0"  # the socket peer, truncated
+
+
+@pytest.mark.parametrize("client", ["lean", "aiohttp"])
+async def test_both_upstream_clients_deliver_the_same_request(
+    aiohttp_client: Clients, capture: tuple[Capture, str], client: str
+) -> None:
+    cap, url = capture
+    config = proxy_config(url, upstream={"url": url, "client": client})
+    proxy = await aiohttp_client(init_app(config, Metrics()))
+    await proxy.post(hit_target(FORWARDABLE[0]), headers=HEADERS)
+    (got,) = await cap.wait_for(1)
+    sent = {k.lower(): v for k, v in got.headers.items()}
+    assert sent["user-agent"].startswith("Mozilla/5.0")
+    assert sent["content-type"] == "text/plain;charset=UTF-8"
+    assert set(sent) <= {"host", "user-agent", "content-type", "content-length"}
