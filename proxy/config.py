@@ -286,23 +286,13 @@ def validate(config: Config) -> None:
     ):
         if count < 1:
             raise ConfigError(f"state.{key}: must be at least 1")
-    try:
-        max_age = state.outbox_max_age_seconds
-    except ValueError as exc:
-        raise ConfigError(f"state.outbox_max_age: {exc}") from None
-    if not 1 <= max_age <= 3 * 86400:
-        raise ConfigError("state.outbox_max_age: must be between 1s and 3d")
+    _check_duration("state.outbox_max_age", state.outbox_max_age, 1, 3 * 86400, "1s and 3d")
     if state.claim_idle <= up.timeout:
         raise ConfigError("state.claim_idle: must be longer than upstream.timeout")
     pseudo = config.privacy.pseudonym
     if not 8 <= pseudo.bits <= 64:
         raise ConfigError("privacy.pseudonym.bits: must be between 8 and 64")
-    try:
-        rotation = pseudo.rotation_seconds
-    except ValueError as exc:
-        raise ConfigError(f"privacy.pseudonym.rotation: {exc}") from None
-    if not 3600 <= rotation <= 7 * 86400:
-        raise ConfigError("privacy.pseudonym.rotation: must be between 1h and 7d")
+    _check_duration("privacy.pseudonym.rotation", pseudo.rotation, 3600, 7 * 86400, "1h and 7d")
     loc = config.privacy.location
     if not 8 <= loc.ipv4_prefix <= 24:
         raise ConfigError("privacy.location.ipv4_prefix: must be between 8 and 24")
@@ -320,12 +310,7 @@ def validate(config: Config) -> None:
                 raise ConfigError(f"privacy.{key}: {name!r} is not a parameter name")
     if config.rate_limit.per_network < 0:
         raise ConfigError("rate_limit.per_network: must not be negative (0 disables)")
-    try:
-        window = config.rate_limit.window_seconds
-    except ValueError as exc:
-        raise ConfigError(f"rate_limit.window: {exc}") from None
-    if not 1 <= window <= 3600:
-        raise ConfigError("rate_limit.window: must be between 1s and 1h")
+    _check_duration("rate_limit.window", config.rate_limit.window, 1, 3600, "1s and 1h")
     for name in config.privacy.overrides:
         # Names reach Google unencoded (the policy table's names are plain by construction).
         if not _OVERRIDE_NAME.match(name):
@@ -347,6 +332,15 @@ def validate(config: Config) -> None:
         raise ConfigError(
             "admin.host: a non-loopback admin address needs a token (ANALYTICS_PROXY_ADMIN_TOKEN)"
         )
+
+
+def _check_duration(key: str, text: str, low: int, high: int, bounds: str) -> None:
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+    if not low <= seconds <= high:
+        raise ConfigError(f"{key}: must be between {bounds}")
 
 
 def _is_loopback(host: str) -> bool:

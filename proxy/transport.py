@@ -10,6 +10,7 @@ bodies (read and discarded). Anything else is an error, and errors are retried u
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 import time
 from urllib.parse import urlsplit
@@ -18,6 +19,9 @@ from proxy.config import Upstream
 from proxy.pipeline import OutboundRequest
 
 MAX_HEAD = 64 * 1024
+# What must never reach the wire: CR/LF and other controls could smuggle headers or requests.
+_UNSAFE_HEADER = re.compile(r"[\x00-\x1f\x7f]")
+_UNSAFE_TARGET = re.compile(r"[\x00-\x20\x7f]")
 IDLE_TIMEOUT = 15.0  # seconds before an idle connection is closed rather than reused
 
 
@@ -194,7 +198,7 @@ class FastSender:
     def _encode(self, request: OutboundRequest) -> bytes:
         body = request.body.encode()
         agent = request.user_agent.encode()
-        if any(c < 0x20 for c in agent) or any(c <= 0x20 for c in request.query.encode()):
+        if _UNSAFE_HEADER.search(request.user_agent) or _UNSAFE_TARGET.search(request.query):
             raise ValueError("refusing a header or target with control characters")
         return b"".join((self._start, request.query.encode(), self._fixed, agent,
                          b"\r\nContent-Length: ", str(len(body)).encode(), b"\r\n\r\n", body))

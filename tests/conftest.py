@@ -49,3 +49,13 @@ async def redis_url(redis_server: RedisServer | None) -> AsyncIterator[str]:
     await client.flushdb()
     await client.aclose()
     yield url
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of the test's own, which the test may stop and start: the shared one
+    (or an external one from $ANALYTICS_PROXY_TEST_REDIS_URL) must not be."""
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -19,6 +15,7 @@ import pytest
 from proxy.cli import main
 from proxy.config import EU_ENDPOINT
 from tests.conftest import GA4_HITS
+from tests.serve_process import start_serve, wait_until_up
 
 ROOT = Path(__file__).parent.parent
 HIT = next(h for h in GA4_HITS if h["id"] == "TV-04")
@@ -139,29 +136,11 @@ def test_options_judged_at_compile_time_also_exit_2(
     assert key in capsys.readouterr().err
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_serve_dry_run_prints_forwarded_request_and_stops_on_sigterm(tmp_path: Path) -> None:
-    port, admin = _free_port(), _free_port()
-    config = tmp_path / "proxy.yaml"
-    config.write_text(f"listen: {{host: 127.0.0.1, port: {port}}}\n"
-                      f"admin: {{host: 127.0.0.1, port: {admin}}}\n"
-                      "measurement_ids: [G-18JR3Q8PJ8]\n"
-                      "upstream: {url: stdout, shutdown_grace: 0}\n")
-    proc = subprocess.Popen([sys.executable, "-m", "proxy", "serve", "--config", str(config)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc, port, _ = start_serve(tmp_path, "proxy", "measurement_ids: [G-18JR3Q8PJ8]\n"
+                                "upstream: {url: stdout, shutdown_grace: 0}\n")
     try:
-        for _ in range(100):  # bounded wait for the port to open
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.1)
+        wait_until_up(port)
         query = HIT["url"].split("?", 1)[1]
         req = urllib.request.Request(f"http://127.0.0.1:{port}/g/collect?{query}", data=b"",
                                      headers={"Cookie": "analytics_consent=granted",
@@ -182,15 +161,9 @@ def test_serve_dry_run_prints_forwarded_request_and_stops_on_sigterm(tmp_path: P
 
 
 def test_workers_share_the_port_and_metrics_add_up(tmp_path: Path) -> None:
-    port, admin = _free_port(), _free_port()
-    config = tmp_path / "proxy.yaml"
-    config.write_text(f"listen: {{host: 127.0.0.1, port: {port}}}\n"
-                      f"admin: {{host: 127.0.0.1, port: {admin}}}\n"
-                      "measurement_ids: [G-18JR3Q8PJ8]\nupstream: {url: stdout, "
-                      "shutdown_grace: 0}\n")
-    proc = subprocess.Popen([sys.executable, "-m", "proxy", "serve", "--workers", "2",
-                             "--config", str(config)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    proc, port, admin = start_serve(tmp_path, "proxy", "measurement_ids: [G-18JR3Q8PJ8]\n"
+                                    "upstream: {url: stdout, shutdown_grace: 0}\n",
+                                    "--workers", "2")
     log_lines: list[dict[str, Any]] = []
     reader = threading.Thread(target=lambda: log_lines.extend(
         json.loads(line) for line in proc.stderr), daemon=True)  # type: ignore[union-attr]

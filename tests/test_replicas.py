@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from subprocess import Popen
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -27,7 +25,8 @@ from proxy.redis_state import SALT_PREFIX, RedisState
 from proxy.server import init_app
 from tests.capture import Capture
 from tests.conftest import GA4_HITS
-from tests.redis_server import RedisServer, free_port
+from tests.redis_server import RedisServer
+from tests.serve_process import start_serve, wait_until_up
 
 ROOT = Path(__file__).parent.parent
 HIT = next(h for h in GA4_HITS if h["id"] == "TV-04")
@@ -59,36 +58,14 @@ async def salt_keys(url: str) -> list[str]:
 # --- two `serve` processes ---------------------------------------------------------------
 
 
-def start_serve(
-    tmp_path: Path, name: str, redis_url: str
-) -> tuple[subprocess.Popen[str], int, int]:
-    port, admin = free_port(), free_port()
-    config = tmp_path / f"{name}.yaml"
-    config.write_text(
-        f"listen: {{host: 127.0.0.1, port: {port}}}\n"
-        f"admin: {{host: 127.0.0.1, port: {admin}}}\n"
-        f"measurement_ids: [{TID}]\n"
-        "upstream: {url: stdout}\n"
-        f"state: {{redis_url: '{redis_url}'}}\n"
-    )
-    # The file alone decides: no override from the environment running the tests.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ANALYTICS_PROXY_")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "proxy", "serve", "--config", str(config)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-        env={**env, "PYTHONUNBUFFERED": "1"},
-    )
-    return proc, port, admin
+def start_replica(tmp_path: Path, name: str, redis_url: str) -> tuple[Popen[str], int, int]:
+    return start_serve(tmp_path, name, f"measurement_ids: [{TID}]\n"
+                       "upstream: {url: stdout}\n"
+                       f"state: {{redis_url: '{redis_url}'}}\n")
 
 
 def wait_ready(port: int) -> None:
-    for _ in range(150):  # bounded wait for the port to open
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1)
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError("the proxy did not become ready")
+    wait_until_up(port, "/readyz")
 
 
 def send_beacon(port: int) -> int:
@@ -107,7 +84,7 @@ def metrics_text(admin: int) -> str:
 async def test_two_serve_processes_on_one_redis_give_the_same_pseudonym(
     tmp_path: Path, redis_url: str
 ) -> None:
-    replicas = [start_serve(tmp_path, name, redis_url) for name in ("a", "b")]
+    replicas = [start_replica(tmp_path, name, redis_url) for name in ("a", "b")]
     outputs: list[tuple[str, str]] = []
     exposition: list[str] = []
     try:

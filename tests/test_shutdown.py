@@ -16,7 +16,6 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import aiohttp
-import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
@@ -46,14 +45,13 @@ async def test_readyz_is_200_when_ready_and_503_once_shutting_down(
 
 
 async def test_readyz_is_503_while_redis_is_unreachable_and_200_after(
-    aiohttp_client: Clients, redis_server: RedisServer | None, redis_url: str
+    aiohttp_client: Clients, own_redis: RedisServer
 ) -> None:
-    if redis_server is None:
-        pytest.skip("needs the test's own redis-server to stop and start it")
+    redis_url = own_redis.url
     config = proxy_config(NOWHERE, state={"redis_url": redis_url})
     proxy = await aiohttp_client(init_app(config, Metrics()))
     assert (await proxy.get("/readyz")).status == 200
-    redis_server.stop()
+    own_redis.stop()
     try:
         await until_async(lambda: _readyz(proxy, 503), rounds=200)
         resp = await proxy.get("/readyz")
@@ -61,7 +59,7 @@ async def test_readyz_is_503_while_redis_is_unreachable_and_200_after(
         # Degraded, not down: beacons are still answered.
         assert (await proxy.post(beacon(1), headers=HEADERS)).status == 204
     finally:
-        redis_server.start()
+        own_redis.start()
     await until_async(lambda: _readyz(proxy, 200), rounds=200)
 
 

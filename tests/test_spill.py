@@ -188,24 +188,23 @@ async def test_many_entries_are_added_in_chunks(client: Redis) -> None:
 
 
 async def test_unreachable_redis_falls_back_to_bounded_memory_then_moves_back(
-    redis_server: RedisServer | None, redis_url: str
+    own_redis: RedisServer
 ) -> None:
-    if redis_server is None:
-        pytest.skip("needs the test's own redis-server to stop and start it")
+    redis_url = own_redis.url
     client = make_redis(redis_url)
     spill = RedisSpill(client, stream_maxlen=1000, memory_size=3, **FAST)
     google = Google(up=False)
     task = asyncio.create_task(spill.run(google))
     try:
         await until(lambda: spill.available)
-        redis_server.stop()
+        own_redis.stop()
         try:
             held = [await spill.put(request(i), time.time()) for i in range(4)]
             assert held == [True, True, True, False]  # memory is bounded too
             assert not spill.available and not spill.durable
             assert await spill.depth() == 3
         finally:
-            redis_server.start()
+            own_redis.start()
         await until(lambda: spill.available, rounds=1000)  # reconnected with backoff
         await until_async(lambda: _is(client.xlen(STREAM_KEY), 3))  # moved to the stream
         assert spill.durable

@@ -72,6 +72,9 @@ class _Parts(NamedTuple):
     userinfo: bool
 
 
+_PLAIN_HOST = re.compile(r"https?://([A-Za-z0-9.-]+)(?=[/?#]|$)", re.IGNORECASE | re.ASCII)
+
+
 def _split(url: str) -> _Parts | None:
     try:
         split = _urlsplit(url.strip())
@@ -157,6 +160,13 @@ class UrlScrubber:
     @staticmethod
     def host(url: str) -> str | None:
         """The lower-case host name of an http(s) URL, or ``None``."""
+        # Fast path for the usual shape (no user info, no port): called for dl and dr of
+        # every beacon. Anything unusual takes the full parse.
+        match = _PLAIN_HOST.match(url)
+        if match:
+            host = match.group(1).lower()
+            if _HOST.fullmatch(host):
+                return host
         parts = _split(url)
         return parts.host if parts else None
 
