@@ -52,3 +52,20 @@ def test_container_ports_match_the_configured_ones() -> None:
     container = kind("Deployment")["spec"]["template"]["spec"]["containers"][0]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"http": raw["listen"]["port"], "admin": raw["admin"]["port"]}
+
+
+def test_every_alert_uses_metrics_the_proxy_exposes() -> None:
+    import re
+
+    from proxy.metrics import Metrics
+
+    exposed = {line.split()[2] for line in Metrics().exposition().decode().splitlines()
+               if line.startswith("# TYPE ")}
+    exposed |= {f"{name}_total" for name in exposed}  # counters are typed without _total
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
+    alerts = [r for group in rules["groups"] for r in group["rules"]]
+    assert {"AnalyticsProxyOutboxNearCap", "AnalyticsProxyOutboxTrimming"} <= {
+        a["alert"] for a in alerts}
+    for alert in alerts:
+        used = set(re.findall(r"analytics_proxy_[a-z_]+", alert["expr"]))
+        assert used and used <= exposed, (alert["alert"], used - exposed)
