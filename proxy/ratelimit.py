@@ -17,9 +17,11 @@ from typing import Protocol
 
 from redis.asyncio import Redis
 
+from proxy.state import KEY_PREFIX as STATE_PREFIX
+
 log = logging.getLogger(__name__)
 
-KEY_PREFIX = "{analytics_proxy}:rl:"
+KEY_PREFIX = STATE_PREFIX + "rl:"
 DEFAULT_SYNC_INTERVAL = 0.5
 
 

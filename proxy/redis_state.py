@@ -15,9 +15,8 @@ from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
-from proxy.state import SALT_BYTES
+from proxy.state import KEY_PREFIX, SALT_BYTES
 
-KEY_PREFIX = "{analytics_proxy}:"
 SALT_PREFIX = KEY_PREFIX + "salt:"
 DEFAULT_MAX_CONNECTIONS = 16
 DEFAULT_TIMEOUT = 0.5  # seconds: connect, read, and waiting for a free pooled connection

@@ -34,13 +34,13 @@ from redis.typing import EncodableT, FieldT
 
 from proxy.metrics import Metrics
 from proxy.pipeline import OutboundRequest
+from proxy.state import KEY_PREFIX
 
 log = logging.getLogger(__name__)
 
 Deliver = Callable[[OutboundRequest], Awaitable[bool]]
 Entry = tuple[OutboundRequest, float]  # the request and when it was accepted (Unix time)
 
-KEY_PREFIX = "{analytics_proxy}:"  # one hash slot for every key of the proxy (Redis Cluster)
 STREAM_KEY = KEY_PREFIX + "outbox"
 GROUP = "forwarders"
 DEFAULT_MAX_AGE = 4 * 3600.0

@@ -8,6 +8,8 @@ import secrets
 from typing import Protocol
 
 SALT_BYTES = 32
+# Every Redis key of the proxy: one hash tag, so one slot, so Redis Cluster works.
+KEY_PREFIX = "{analytics_proxy}:"
 
 
 class SaltStore(Protocol):

@@ -11,8 +11,8 @@ import redis.asyncio as aioredis
 from redis.crc import key_slot
 from redis.exceptions import RedisError
 
-from proxy.redis_state import KEY_PREFIX, SALT_PREFIX, RedisState
-from proxy.state import SALT_BYTES
+from proxy.redis_state import SALT_PREFIX, RedisState
+from proxy.state import KEY_PREFIX, SALT_BYTES
 from tests.redis_server import RedisServer, free_port
 
 WINDOW = 19_700
