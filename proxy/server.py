@@ -68,7 +68,9 @@ def init_app(
     config: Config, metrics: Metrics | None = None, sender: Sender | None = None
 ) -> web.Application:
     """The public application. ``sender`` replaces the configured upstream (tests, explain)."""
-    app = web.Application(client_max_size=MAX_BODY, handler_args={"access_log": None})
+    app = web.Application(
+        client_max_size=MAX_BODY, handler_args={"access_log": None}, middlewares=[_never_500]
+    )
     app[CONFIG] = config
     app[METRICS] = metrics or Metrics()
     app[RESOLVER] = ClientAddressResolver(config.trusted_proxies)
@@ -245,6 +247,20 @@ def _outbox_ctx(sender: Sender | None) -> Callable[[web.Application], AsyncItera
 def begin_shutdown(app: web.Application) -> None:
     """Readiness turns false first, while requests are still served."""
     app[HEALTH].shutting_down = True
+
+
+@web.middleware
+async def _never_500(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The last line of defence: nothing was forwarded (the pipeline returns outcomes, it does
+    not raise), so an unexpected error becomes a counted 503, never a 500 with a trace."""
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except Exception:
+        log.exception("request handler error", extra={"reason": "internal_error"})
+        request.app[METRICS].drop("internal_error")
+        return web.Response(status=503, headers={"Cache-Control": "no-store"})
 
 
 def _cors(request: web.Request) -> dict[str, str]:

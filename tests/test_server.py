@@ -12,8 +12,9 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from proxy.beacon import MAX_BODY
 from proxy.config import Config, from_mapping
+from proxy.logs import JsonFormatter
 from proxy.metrics import Metrics
-from proxy.server import init_admin_app, init_app
+from proxy.server import RESOLVER, init_admin_app, init_app
 from tests.capture import Capture
 from tests.conftest import GA4_HITS
 
@@ -305,3 +306,27 @@ async def test_both_upstream_clients_deliver_the_same_request(
     assert sent["user-agent"].startswith("Mozilla/5.0")
     assert sent["content-type"] == "text/plain;charset=UTF-8"
     assert set(sent) <= {"host", "user-agent", "content-type", "content-length"}
+
+
+async def test_an_unexpected_handler_error_is_a_counted_503_not_a_500(
+    aiohttp_client: Clients, capture: tuple[Capture, str], monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    cap, url = capture
+    metrics = Metrics()
+    app = init_app(proxy_config(url), metrics)
+    client = await aiohttp_client(app)
+
+    def explode(peer: str | None, forwarded_for: str | None) -> None:
+        raise RuntimeError(f"boom {forwarded_for}")  # would leak the address if printed
+
+    monkeypatch.setattr(app[RESOLVER], "resolve", explode)
+    resp = await client.post(hit_target(FORWARDABLE[0]), headers=HEADERS)
+    assert resp.status == 503
+    assert CLIENT_IP not in await resp.text()
+    assert metrics.registry.get_sample_value(
+        "analytics_proxy_beacons_dropped_total", {"reason": "internal_error"}) == 1
+    assert cap.attempts == 0
+    logged = [JsonFormatter().format(r) for r in caplog.records]
+    assert any('"exception": "RuntimeError"' in line for line in logged)
+    assert not any(CLIENT_IP in line for line in logged)
