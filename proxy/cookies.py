@@ -1,7 +1,8 @@
 """Cookie header parsing by hand (consent-signals.md §2).
 
-``http.cookies.SimpleCookie`` returns an empty jar for a whole header as soon as one
-cookie holds raw JSON, which would silently lose every consent cookie next to it.
+The standard library's cookie parser (``http.cookies``) returns an empty jar for a whole
+header as soon as one cookie holds raw JSON, which would silently lose every consent cookie
+next to it.
 """
 
 from __future__ import annotations
