@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from proxy.client import parse_address
 from proxy.config import DRY_RUN, EU_ENDPOINT, Config
+from proxy.geo import GeoDatabase
 from proxy.pipeline import IncomingRequest, Outcome, Pipeline
 from proxy.policy import Action
 from proxy.pseudonym import Pseudonymizer
@@ -92,8 +93,11 @@ class Explainer:
 
     def __init__(self, config: Config) -> None:
         pseudo = config.privacy.pseudonym
+        geo = GeoDatabase(config.geo.database) if config.geo.database else None
         self._pipeline = Pipeline(
-            config, Pseudonymizer(MemoryState(), bits=pseudo.bits, rotation=pseudo.rotation_seconds)
+            config,
+            Pseudonymizer(MemoryState(), bits=pseudo.bits, rotation=pseudo.rotation_seconds),
+            geo=geo,
         )
         self._upstream = EU_ENDPOINT if config.upstream.url == DRY_RUN else config.upstream.url
 
@@ -116,6 +120,11 @@ class Explainer:
             "detail": outcome.detail or None,
             "source": consent.source if consent else None,
             "regime": outcome.regime.value if outcome.regime else None,
+            "place": (
+                {"country": outcome.place.country, "region": outcome.place.region}
+                if outcome.place
+                else None
+            ),
             "consent": {name: v.value for name, v in consent.verdicts} if consent else {},
             "forwarded": forwarded,
             "changes": [
@@ -162,7 +171,12 @@ def _text_lines(result: dict[str, Any], color: bool) -> Iterable[str]:
     why = result["reason"] + (f" ({result['detail']})" if result["detail"] else "")
     if result["source"]:
         why += f" by {result['source']}"
-    yield f"{head}  {why}" + (f"   regime: {result['regime']}" if result["regime"] else "")
+    where = ""
+    if result["regime"]:
+        place = result["place"] or {}
+        found = "-".join(filter(None, (place.get("country"), place.get("region")))) or "unknown"
+        where = f"   place: {found}   regime: {result['regime']}"
+    yield f"{head}  {why}{where}"
     if result["consent"]:
         readings = "  ".join(f"{k}={v}" for k, v in result["consent"].items() if v != "abstain")
         yield f"  consent signals: {readings or 'none (every source abstained)'}"

@@ -111,6 +111,13 @@ class Metrics:
         )
         for source in SALT_SOURCES:
             self._salt_source.labels(source)  # every source is exposed, at 0 until in use
+        self.geo_age = Gauge(
+            "geo_database_age_seconds",
+            "Seconds since the geo database in use was built.",
+            namespace=ns,
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         # The outbox (proxy/spill.py). Alert on depth approaching max_entries: past the cap
         # the oldest entries are trimmed, and that is counted too, never silent.
         # Every worker reads the same shared stream: the largest reading, not their sum.
@@ -184,6 +191,13 @@ class Metrics:
             self._refreshers.append(lambda: self.salt_age.set(age()))
         else:
             self.salt_age.set_function(age)
+
+    def track_geo_age(self, age: Callable[[], float]) -> None:
+        """Seconds since the geo database was built (staleness: geoipupdate not running)."""
+        if MULTIPROC_DIR:
+            self._refreshers.append(lambda: self.geo_age.set(age()))
+        else:
+            self.geo_age.set_function(age)
 
     def refresh(self) -> None:
         """Update values that are sampled rather than counted (called once a second)."""

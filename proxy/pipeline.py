@@ -19,6 +19,7 @@ from proxy.config import Config, ConfigError
 from proxy.consent.gate import ConsentGate, ConsentVerdict
 from proxy.consent.verdict import ConsentInput
 from proxy.cookies import parse_cookie_header
+from proxy.geo import GeoDatabase, Place
 from proxy.policy import compile_policy
 from proxy.pseudonym import Pseudonymizer
 from proxy.ratelimit import RateLimiter
@@ -86,6 +87,7 @@ class Outcome:
     reason: str
     detail: str = ""
     regime: Regime | None = None
+    place: Place | None = None  # the visitor's country/region, in memory only
     consent: ConsentVerdict | None = None
     outbound: OutboundRequest | None = None
     events: int = 0
@@ -103,6 +105,8 @@ def check_compiles(config: Config) -> None:
         ConsentGate(config.consent)
         compile_policy(config.privacy, config.allowed_origins)
         compile_location(config.privacy.location)
+        if config.geo.database:
+            GeoDatabase(config.geo.database).close()
     except ConfigError:
         raise
     except ValueError as exc:
@@ -118,6 +122,7 @@ class Pipeline:
         pseudonymizer: Pseudonymizer,
         clock: Callable[[], float] = time.time,
         limiter: RateLimiter | None = None,
+        geo: GeoDatabase | None = None,
     ) -> None:
         privacy = config.privacy
         self._tids = frozenset(config.measurement_ids)
@@ -131,6 +136,7 @@ class Pipeline:
         self._cookieless = privacy.pseudonym.cookieless
         self._clock = clock
         self._limiter = limiter
+        self._geo = geo
         self._prefixes = (privacy.location.ipv4_prefix, privacy.location.ipv6_prefix)
 
     @property
@@ -170,7 +176,11 @@ class Pipeline:
             if not self._limiter.allow(RateLimiter.network_key(network, key.salt)):
                 return _drop("rate_limited", events=len(events))
 
-        regime = self._regimes.regime(request.country, request.region)
+        if request.country is None and self._geo is not None:
+            place = self._geo.lookup(request.client_ip)
+        else:
+            place = Place(request.country, request.region)
+        regime = self._regimes.regime(place.country, place.region)
         consent = self._gate.decide(
             ConsentInput(parse_cookie_header(request.cookie), events, self._clock()),
             gpc=request.gpc,
@@ -178,7 +188,9 @@ class Pipeline:
             regime=regime,
         )
         if not consent.forward:
-            return _drop(consent.reason, regime=regime, consent=consent, events=len(events))
+            return _drop(
+                consent.reason, regime=regime, place=place, consent=consent, events=len(events)
+            )
 
         cid = beacon.shared.get("cid")
         if not cid and any(not e.get("cid") for e in events):
@@ -205,6 +217,7 @@ class Pipeline:
             True,
             consent.reason,
             regime=regime,
+            place=place,
             consent=consent,
             outbound=outbound,
             events=len(events),

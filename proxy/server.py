@@ -27,6 +27,7 @@ from proxy.beacon import MAX_BODY
 from proxy.client import ClientAddressResolver
 from proxy.config import Config
 from proxy.forward import HttpSender, Outbox, Sender, StdoutSender
+from proxy.geo import GeoDatabase
 from proxy.metrics import Metrics
 from proxy.pipeline import IncomingRequest, Pipeline
 from proxy.pseudonym import Pseudonymizer
@@ -131,15 +132,22 @@ async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     metrics.track_salt_age(pseudonymizer.salt_age)
     limiter = make_limiter(config, state)
-    app[PIPELINE] = Pipeline(config, pseudonymizer, limiter=limiter)
+    geo = GeoDatabase(config.geo.database) if config.geo.database else None
+    app[PIPELINE] = Pipeline(config, pseudonymizer, limiter=limiter, geo=geo)
     sync = asyncio.create_task(limiter.run(), name="rate-limit") if limiter else None
+    watch = asyncio.create_task(geo.watch(), name="geo-reload") if geo else None
+    if geo is not None:
+        metrics.track_geo_age(geo.age)
     # The first beacon should not be the one to create a salt. Never raises: an unreachable
     # store means a local salt, and serving goes on.
     await pseudonymizer.current()
     yield
-    if sync is not None:
-        sync.cancel()
-        await asyncio.gather(sync, return_exceptions=True)
+    for task in (sync, watch):
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    if geo is not None:
+        geo.close()
     await pseudonymizer.close()
     await state.close()
 

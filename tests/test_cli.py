@@ -125,6 +125,7 @@ def test_bad_config_exits_2_naming_the_key(capsys: Any, tmp_path: Path) -> None:
     [
         ("consent: {sources: [{type: klaro, services: []}]}", "consent.sources[0].services"),
         ("privacy: {overrides: {cid: keep}}", "privacy.overrides.cid"),
+        ("geo: {database: /nonexistent/GeoLite2-City.mmdb}", "geo.database"),
     ],
 )
 def test_options_judged_at_compile_time_also_exit_2(
