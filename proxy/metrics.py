@@ -184,20 +184,14 @@ class Metrics:
         for source in SALT_SOURCES:
             self._salt_source.labels(source).set(1 if source == key.source else 0)
 
-    def track_salt_age(self, age: Callable[[], float]) -> None:
-        """Read the salt's age at scrape time, so beacons never pay for it."""
+    def sample(self, gauge: Gauge, read: Callable[[], float]) -> None:
+        """Read ``gauge`` from ``read`` at scrape time (salt age, geo database age), so
+        beacons never pay for it."""
         if MULTIPROC_DIR:
             # Across workers values live in files: a scrape cannot call into another process.
-            self._refreshers.append(lambda: self.salt_age.set(age()))
+            self._refreshers.append(lambda: gauge.set(read()))
         else:
-            self.salt_age.set_function(age)
-
-    def track_geo_age(self, age: Callable[[], float]) -> None:
-        """Seconds since the geo database was built (staleness: geoipupdate not running)."""
-        if MULTIPROC_DIR:
-            self._refreshers.append(lambda: self.geo_age.set(age()))
-        else:
-            self.geo_age.set_function(age)
+            gauge.set_function(read)
 
     def refresh(self) -> None:
         """Update values that are sampled rather than counted (called once a second)."""

@@ -130,14 +130,14 @@ async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
     pseudonymizer = Pseudonymizer(
         state, bits=pseudo.bits, rotation=pseudo.rotation_seconds, on_key=metrics.observe_salt
     )
-    metrics.track_salt_age(pseudonymizer.salt_age)
+    metrics.sample(metrics.salt_age, pseudonymizer.salt_age)
     limiter = make_limiter(config, state)
     geo = GeoDatabase(config.geo.database) if config.geo.database else None
     app[PIPELINE] = Pipeline(config, pseudonymizer, limiter=limiter, geo=geo)
     sync = asyncio.create_task(limiter.run(), name="rate-limit") if limiter else None
     watch = asyncio.create_task(geo.watch(), name="geo-reload") if geo else None
     if geo is not None:
-        metrics.track_geo_age(geo.age)
+        metrics.sample(metrics.geo_age, geo.age)
     # The first beacon should not be the one to create a salt. Never raises: an unreachable
     # store means a local salt, and serving goes on.
     await pseudonymizer.current()

@@ -219,7 +219,7 @@ async def test_key_changes_reach_the_hook_once_each() -> None:
 async def test_metrics_show_the_salt_source_and_age() -> None:
     store, clock, metrics = RecordingStore(), Clock(T0 + 90), Metrics()
     p = make(store, clock, on_key=metrics.observe_salt)
-    metrics.track_salt_age(p.salt_age)
+    metrics.sample(metrics.salt_age, p.salt_age)
 
     def sample(name: str, **labels: str) -> float | None:
         return metrics.registry.get_sample_value(f"analytics_proxy_{name}", labels)
