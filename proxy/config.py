@@ -90,8 +90,16 @@ class Pseudonym(_Strict, frozen=True):
 
 class Location(_Strict, frozen=True):
     mode: Literal["omit", "truncated", "country", "mesh"] = "truncated"
-    ipv4_prefix: int = 24
+    ipv4_prefix: int = 24  # truncated: the network part kept
     ipv6_prefix: int = 48
+    # mesh: a cell (city, then region, then country) is used only once at least k distinct
+    # pseudonymous visitors were seen in it within the rolling window.
+    k: int = 10
+    window: str = "24h"
+
+    @property
+    def window_seconds(self) -> int:
+        return parse_duration(self.window)
 
 
 class Privacy(_Strict, frozen=True):
@@ -129,6 +137,23 @@ class Consent(_Strict, frozen=True):
 
 class Geo(_Strict, frozen=True):
     database: str | None = None
+    # country/mesh: where the index of representative addresses, built once per database
+    # version, is cached (None: a directory under the system's temporary directory).
+    index_cache: str | None = None
+
+
+class InternalTraffic(_Strict, frozen=True):
+    # Office/VPN networks whose beacons are marked tt=<traffic_type> before the address is
+    # discarded, so GA's internal-traffic filter works without the address.
+    networks: list[str] = msgspec.field(default_factory=list)
+    traffic_type: str = "internal"
+
+
+class Audit(_Strict, frozen=True):
+    # Fraction of forwarded beacons recorded in the audit trail; every drop is recorded.
+    sample: float = 0.01
+    # Records kept (a capped Redis stream with state.redis_url, else an in-memory ring).
+    max_records: int = 10_000
 
 
 class State(_Strict, frozen=True):
@@ -175,8 +200,10 @@ class Config(_Strict, frozen=True):
     privacy: Privacy = Privacy()
     consent: Consent = Consent()
     geo: Geo = Geo()
+    internal_traffic: InternalTraffic = InternalTraffic()
     state: State = State()
     rate_limit: RateLimit = RateLimit()
+    audit: Audit = Audit()
     log: Log = Log()
 
     @property
@@ -300,6 +327,23 @@ def validate(config: Config) -> None:
         raise ConfigError("privacy.location.ipv6_prefix: must be between 16 and 48")
     if loc.mode in ("country", "mesh") and not config.geo.database:
         raise ConfigError(f"privacy.location.mode: {loc.mode!r} needs geo.database")
+    if not 2 <= loc.k <= 100_000:
+        raise ConfigError("privacy.location.k: must be between 2 and 100000")
+    _check_duration("privacy.location.window", loc.window, 3600, 30 * 86400, "1h and 30d")
+    internal = config.internal_traffic
+    for net in internal.networks:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"internal_traffic.networks: {net!r} is not an address or network"
+            ) from None
+    if not re.match(r"^[A-Za-z0-9_-]{1,40}$", internal.traffic_type):
+        raise ConfigError("internal_traffic.traffic_type: letters, digits, _ and - only")
+    if not 0.0 <= config.audit.sample <= 1.0:
+        raise ConfigError("audit.sample: must be between 0 and 1")
+    if config.audit.max_records < 1:
+        raise ConfigError("audit.max_records: must be at least 1")
     for key, names in (
         ("event_params", config.privacy.event_params),
         ("user_properties", config.privacy.user_properties),
