@@ -92,6 +92,9 @@ class Outcome:
     outbound: OutboundRequest | None = None
     events: int = 0
     changes: tuple[Change, ...] = field(default=())
+    # Where the outbound hit places the visitor: city | region | country (the cell's
+    # representative address), truncated, or omitted; "" when nothing was forwarded.
+    location_level: str = ""
 
 
 def _drop(reason: str, detail: str = "", **kwargs: object) -> Outcome:
