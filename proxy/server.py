@@ -28,6 +28,8 @@ from proxy.client import ClientAddressResolver
 from proxy.config import Config
 from proxy.forward import HttpSender, Outbox, Sender, StdoutSender
 from proxy.geo import GeoDatabase
+from proxy.geo_index import Representatives
+from proxy.mesh import MemoryCellCounter, RedisCellCounter
 from proxy.metrics import Metrics
 from proxy.pipeline import IncomingRequest, Pipeline
 from proxy.pseudonym import Pseudonymizer
@@ -133,19 +135,51 @@ async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
     metrics.sample(metrics.salt_age, pseudonymizer.salt_age)
     limiter = make_limiter(config, state)
     geo = GeoDatabase(config.geo.database) if config.geo.database else None
-    app[PIPELINE] = Pipeline(config, pseudonymizer, limiter=limiter, geo=geo)
-    sync = asyncio.create_task(limiter.run(), name="rate-limit") if limiter else None
-    watch = asyncio.create_task(geo.watch(), name="geo-reload") if geo else None
+    location = config.privacy.location
+    representatives = cells = None
+    if geo is not None and location.mode in ("country", "mesh"):
+        representatives = Representatives()
+    if location.mode == "mesh":
+        client = getattr(state, "client", None)
+        cells = (
+            RedisCellCounter(client, location.k, location.window_seconds)
+            if client is not None
+            else MemoryCellCounter(location.k, location.window_seconds)
+        )
+    app[PIPELINE] = Pipeline(
+        config,
+        pseudonymizer,
+        limiter=limiter,
+        geo=geo,
+        representatives=representatives,
+        cells=cells,
+    )
+    tasks = []
+    if limiter is not None:
+        tasks.append(asyncio.create_task(limiter.run(), name="rate-limit"))
+    if isinstance(cells, RedisCellCounter):
+        tasks.append(asyncio.create_task(cells.run(), name="mesh-counts"))
+    if geo is not None:
+        rebuild = None
+        if representatives is not None:
+            # Built in a child process and cached per database version: until it is ready
+            # the location is omitted, never the visitor's own address.
+            reps = representatives
+
+            async def rebuild() -> None:
+                await reps.build(geo.path, config.geo.index_cache)
+
+            tasks.append(asyncio.create_task(rebuild(), name="geo-index"))
+        tasks.append(asyncio.create_task(geo.watch(on_reload=rebuild), name="geo-reload"))
     if geo is not None:
         metrics.sample(metrics.geo_age, geo.age)
     # The first beacon should not be the one to create a salt. Never raises: an unreachable
     # store means a local salt, and serving goes on.
     await pseudonymizer.current()
     yield
-    for task in (sync, watch):
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+    for task in tasks:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
     if geo is not None:
         geo.close()
     await pseudonymizer.close()
