@@ -166,8 +166,8 @@ class Explainer:
         else:
             why = {
                 "omit": "location mode omit",
-                "truncated": f"host part zeroed (/{self._location.ipv4_prefix}, "
-                f"/{self._location.ipv6_prefix})",
+                "truncated": f"the network part only, IPv4 /{self._location.ipv4_prefix} "
+                f"or IPv6 /{self._location.ipv6_prefix}",
             }.get(mode, "the cell's representative address, the same for all its visitors")
         return {"mode": mode, "level": level, "sent": sent, "why": why}
 
