@@ -420,3 +420,31 @@ async def test_server_sends_the_representative_once_its_index_is_ready(
     assert sent[-1] == "25.0.0.0"
     assert set(sent[:-1]) <= {None}
     assert all("81.2.69" not in hit.query for hit in cap.hits)
+
+
+async def test_a_replaced_database_gets_a_new_index(db_path: Path, tmp_path: Path) -> None:
+    import os
+
+    db = GeoDatabase(db_path)
+    reps = Representatives()
+    cache = str(tmp_path / "cache")
+    await reps.build(db.path, cache)
+    assert reps.get("country:GB") == "25.0.0.0"
+    rebuilt = asyncio.Event()
+
+    async def on_reload() -> None:
+        await reps.build(db.path, cache)
+        rebuilt.set()
+
+    watcher = asyncio.create_task(db.watch(interval=0.05, on_reload=on_reload))
+    try:
+        # geoipupdate writes a new file and renames it over the old one.
+        new = build(tmp_path / "new.mmdb", {"25.0.0.0/12": {"country": {"iso_code": "IE"}},
+                                            "26.0.0.0/8": {"country": {"iso_code": "GB"}}})
+        os.replace(new, db_path)
+        await asyncio.wait_for(rebuilt.wait(), 60)  # a liveness bound
+    finally:
+        watcher.cancel()
+    assert reps.get("country:IE") == "25.0.0.0"
+    assert reps.get("country:GB") == "26.0.0.0"
+    db.close()
