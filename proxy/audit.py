@@ -301,7 +301,8 @@ class MemoryAuditTrail(AuditTrail):
     def newest_id(self) -> str:
         return str(self._next - 1)
 
-    def __len__(self) -> int:
+    @property
+    def size(self) -> int:
         return len(self._ring)
 
 
@@ -571,9 +572,10 @@ def tail(
     follow: bool = False,
     limit: int = DEFAULT_LIMIT,
     as_json: bool = False,
-    out: IO[str] = sys.stdout,
+    out: IO[str] | None = None,
 ) -> int:
     """Print the newest ``limit`` records, then (``follow``) new ones as they come."""
+    stream = out or sys.stdout
     source: _Source
     if url is None and config.state.redis_url:
         source = RedisSource(config.state.redis_url)
@@ -583,9 +585,9 @@ def tail(
     def emit(records: list[Record]) -> None:
         for record in records:
             if as_json:
-                print(json.dumps(record, ensure_ascii=False), file=out, flush=follow)
+                print(json.dumps(record, ensure_ascii=False), file=stream, flush=follow)
             else:
-                print(format_record(record), file=out, flush=follow)
+                print(format_record(record), file=stream, flush=follow)
 
     try:
         records = source.recent(min(limit, MAX_LIMIT))

@@ -83,7 +83,7 @@ def init_app(
     app[RESOLVER] = ClientAddressResolver(config.trusted_proxies)
     app[READY] = asyncio.Event()
     app[HEALTH] = Health()
-    app[AUDIT] = audit or make_audit(config, app[METRICS])
+    app[AUDIT] = audit if audit is not None else make_audit(config, app[METRICS])
     app.cleanup_ctx.append(_audit_ctx)  # first in, last out: records to the very end
     app.cleanup_ctx.append(_pipeline_ctx)
     app.cleanup_ctx.append(_spill_ctx)
