@@ -33,12 +33,14 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import IO, Any, Protocol
 
+import msgspec
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from proxy.config import Config
+from proxy.consent.verdict import Verdict
 from proxy.metrics import Metrics
 from proxy.pipeline import Outcome
 from proxy.policy import Action, compile_policy
@@ -48,6 +50,10 @@ from proxy.state import KEY_PREFIX
 log = logging.getLogger(__name__)
 
 Record = dict[str, Any]
+# Records are kept encoded: one bytes object each is nothing for the cyclic garbage collector
+# to scan, where a ring of dicts of dicts would slow every collection of the process.
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder().decode
 
 STREAM_KEY = KEY_PREFIX + "audit"
 OTHER = "(other)"  # stands for any name or code that is not known to be safe to write
@@ -112,14 +118,26 @@ def query_tid(query: str) -> str | None:
     return None
 
 
-def _code(text: str | None) -> str | None:
+_ACTIONS = {action: action.value for action in Action}
+MEMO_SIZE = 4096  # codes remembered as checked (rule names, reasons, scopes: a few hundred)
+
+
+def _checked(memo: dict[str, str], pattern: re.Pattern[str], text: str | None) -> str | None:
     if not text:
         return None
-    return text if _CODE.fullmatch(text) else OTHER
+    known = memo.get(text)
+    if known is not None:
+        return known
+    if not pattern.fullmatch(text):
+        return OTHER
+    if len(memo) < MEMO_SIZE:
+        memo[text] = text
+    return text
 
 
 class RecordBuilder:
-    """Turns an ``Outcome`` into a record of codes and known names; compiled once."""
+    """Turns an ``Outcome`` into a record of codes and known names; compiled once. Built on
+    the request path for every drop, so checks of codes are remembered, not repeated."""
 
     def __init__(self, config: Config, clock: Callable[[], float] = time.time) -> None:
         self._tids = frozenset(config.measurement_ids)
@@ -127,6 +145,16 @@ class RecordBuilder:
         self._clock = clock
         self._minute = -1
         self._minute_text = ""
+        # Texts already found to be codes (never any other text: it could be anything).
+        self._codes: dict[str, str] = {}
+        self._scopes: dict[str, str] = {}
+
+    def code(self, text: str | None) -> str | None:
+        """``text`` when it is a code, else the placeholder; None for nothing."""
+        return _checked(self._codes, _CODE, text)
+
+    def scope(self, text: str) -> str:
+        return _checked(self._scopes, _SCOPE, text) or OTHER
 
     def minute(self) -> str:
         minute = int(self._clock() // 60)
@@ -143,24 +171,35 @@ class RecordBuilder:
         return tid if tid in self._tids else OTHER
 
     def build(self, outcome: Outcome, query: str, decision: str) -> Record:
+        code = self.code
         consent = outcome.consent
+        readings = None
+        if consent is not None:
+            # Sources that abstained (most, on most beacons) are counted, not listed.
+            said = {
+                code(name) or OTHER: verdict.value
+                for name, verdict in consent.verdicts
+                if verdict is not Verdict.ABSTAIN
+            }
+            readings = {
+                "source": code(consent.source),
+                "verdict": code(consent.reason),
+                "readings": said,
+                "abstained": len(consent.verdicts) - len(said),
+            }
         return {
             "minute": self.minute(),
             "tid": self.tid(query),
             "decision": decision,
-            "reason": _code(outcome.reason),
-            "detail": _code(outcome.detail),
+            "reason": code(outcome.reason),
+            "detail": code(outcome.detail),
             "regime": outcome.regime.value if outcome.regime else None,
-            "consent": None
-            if consent is None
-            else {
-                "source": _code(consent.source),
-                "verdict": _code(consent.reason),
-                "readings": {_code(name) or OTHER: v.value for name, v in consent.verdicts},
-            },
-            "location": _code(outcome.location_level),
+            "consent": readings,
+            "location": code(outcome.location_level),
             "events": outcome.events,
-            "params": self.params(outcome.changes, outcome.location_level),
+            "params": self.params(outcome.changes, outcome.location_level)
+            if outcome.changes
+            else [],
         }
 
     def drop(self, reason: str, query: str) -> Record:
@@ -169,7 +208,7 @@ class RecordBuilder:
             "minute": self.minute(),
             "tid": self.tid(query),
             "decision": "dropped",
-            "reason": _code(reason),
+            "reason": self.code(reason),
             "detail": None,
             "regime": None,
             "consent": None,
@@ -179,14 +218,15 @@ class RecordBuilder:
         }
 
     def params(self, changes: Iterable[Change], location: str = "") -> list[dict[str, Any]]:
+        code, names = self.code, self._names
         out: list[dict[str, Any]] = []
         others: dict[tuple[str, str, str], int] = {}
         for change in changes:
-            scope = change.scope if _SCOPE.fullmatch(change.scope) else OTHER
-            action, rule = change.action.value, _code(change.rule) or OTHER
-            if change.param in self._names:
-                detail = [d for d in change.detail if _CODE.fullmatch(d)]
-                if change.param == "_uip" and location and _CODE.fullmatch(location):
+            scope = self.scope(change.scope)
+            action, rule = _ACTIONS[change.action], code(change.rule) or OTHER
+            if change.param in names:
+                detail = [d for d in change.detail if code(d) == d] if change.detail else []
+                if change.param == "_uip" and location and code(location) == location:
                     detail.append(location)  # the level the address was generalised to
                 out.append(
                     {"scope": scope, "name": change.param, "action": action, "rule": rule,
@@ -279,24 +319,24 @@ class MemoryAuditTrail(AuditTrail):
 
     def __init__(self, config: Config, metrics: Metrics) -> None:
         super().__init__(config, metrics)
-        self._ring: deque[Record] = deque(maxlen=self._max_records)
+        self._ring: deque[bytes] = deque(maxlen=self._max_records)
         self._next = 1
 
     def _store(self, record: Record) -> None:
         record["id"] = str(self._next)
         self._next += 1
-        self._ring.append(record)
+        self._ring.append(_encode(record))
         self._written.inc()
 
     async def recent(self, limit: int) -> list[Record]:
         start = max(0, len(self._ring) - limit)
-        return [dict(r) for r in itertools.islice(self._ring, start, None)]
+        return [_decode(r) for r in itertools.islice(self._ring, start, None)]
 
     async def after(self, after_id: str, limit: int) -> list[Record]:
         # Ids are consecutive, so the position of the first newer record is arithmetic.
         first = self._next - len(self._ring)
         start = max(0, int(after_id) + 1 - first)
-        return [dict(r) for r in itertools.islice(self._ring, start, start + limit)]
+        return [_decode(r) for r in itertools.islice(self._ring, start, start + limit)]
 
     def newest_id(self) -> str:
         return str(self._next - 1)
@@ -336,7 +376,7 @@ class RedisAuditTrail(AuditTrail):
         super().__init__(config, metrics)
         self._url = url
         self._key = key
-        self._queue: deque[Record] = deque()
+        self._queue: deque[bytes] = deque()
         self._queue_size = queue_size
         self._client = client
         self._task: asyncio.Task[None] | None = None
@@ -347,7 +387,7 @@ class RedisAuditTrail(AuditTrail):
         if len(self._queue) >= self._queue_size:
             self._dropped.inc()
             return
-        self._queue.append(record)
+        self._queue.append(_encode(record))
         if self._wake is not None and not self._wake.is_set():
             self._wake.set()
 
@@ -408,10 +448,9 @@ class RedisAuditTrail(AuditTrail):
                 self._failing = False
             self._written.inc(len(batch))
 
-    async def _write(self, batch: Sequence[Record]) -> None:
+    async def _write(self, batch: Sequence[bytes]) -> None:
         minute_ms = int(time.time() // 60) * 60_000
-        payload = [json.dumps(r, separators=(",", ":"), ensure_ascii=False) for r in batch]
-        await self._script(keys=[self._key], args=[minute_ms, self._max_records, *payload])
+        await self._script(keys=[self._key], args=[minute_ms, self._max_records, *batch])
 
     def _reader(self) -> Redis:
         if self._client is None:
@@ -448,8 +487,8 @@ def decode_entries(rows: Any) -> Iterator[Record]:
     for entry_id, fields in rows or ():
         raw: Any = (fields or {}).get(b"r")
         try:
-            record = json.loads(raw)
-        except (TypeError, ValueError):
+            record = _decode(raw)
+        except (TypeError, msgspec.DecodeError):
             continue  # not one of ours
         if isinstance(record, dict):
             record["id"] = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
@@ -606,10 +645,12 @@ def tail(
     return 0
 
 
+_LABELS = {"forwarded": "FORWARD", "dropped": "DROP", "lost": "LOST"}
+
+
 def format_record(record: Mapping[str, Any]) -> str:
     """One line for the decision, then the consent readings and the parameters indented."""
     consent = record.get("consent") or {}
-    forwarded = record.get("decision") == "forwarded"
     why = str(record.get("reason"))
     if record.get("detail"):
         why += f" ({record['detail']})"
@@ -618,7 +659,7 @@ def format_record(record: Mapping[str, Any]) -> str:
     parts = [
         str(record.get("minute")),
         str(record.get("tid") or "-"),
-        "FORWARD" if forwarded else str(record.get("decision", "")).upper(),
+        _LABELS.get(str(record.get("decision")), "?"),
         why,
         f"regime: {record.get('regime') or '-'}",
     ]
@@ -626,18 +667,18 @@ def format_record(record: Mapping[str, Any]) -> str:
         parts.append(f"location: {record['location']}")
     parts += [f"events: {record.get('events', 0)}", f"#{record.get('id', '')}"]
     lines = ["  ".join(parts)]
-    readings = consent.get("readings") or {}
-    if readings:
-        said = [f"{k}={v}" for k, v in readings.items() if v != "abstain"]
-        lines.append(f"    consent: {' '.join(said) or 'every source abstained'}")
+    if consent:
+        said = [f"{k}={v}" for k, v in (consent.get("readings") or {}).items()]
+        lines.append(f"    consent: {' '.join(said) or 'none (every source abstained)'}")
     # Parameters grouped by what happened to them: one line per scope, action and rule.
     groups: dict[tuple[str, str, str], list[str]] = {}
     for p in record.get("params") or ():
-        name = p["name"] + (f" x{p['count']}" if p.get("count", 1) != 1 else "")
-        rule = "" if p["action"] == Action.KEPT.value else p["rule"]
+        name = str(p.get("name")) + (f" x{p['count']}" if p.get("count", 1) != 1 else "")
+        action = str(p.get("action"))
+        rule = "" if action == Action.KEPT.value else str(p.get("rule"))
         if p.get("detail"):
-            rule += f" [{', '.join(p['detail'])}]"
-        groups.setdefault((p["scope"], p["action"], rule), []).append(name)
+            rule += f" [{', '.join(map(str, p['detail']))}]"
+        groups.setdefault((str(p.get("scope")), action, rule), []).append(name)
     for (scope, action, rule), names in groups.items():
         lines.append(f"    {scope:<8} {action:<11} {rule + ': ' if rule else ''}{' '.join(names)}")
     return "\n".join(lines)

@@ -173,7 +173,7 @@ def vocabulary(config: Config) -> set[str]:
 
 RECORD_KEYS = {"minute", "tid", "decision", "reason", "detail", "regime", "consent", "source",
                "verdict", "readings", "location", "events", "params", "scope", "name",
-               "action", "rule", "count"}
+               "action", "rule", "count", "abstained"}
 
 
 def personal_values(sent: list[Sent], config: Config) -> set[str]:
@@ -629,11 +629,13 @@ async def test_record_of_a_sampled_beacon_names_what_happened_to_each_parameter(
     assert params["event 2", "ep.debug_mode"]["action"] == "scrubbed"
     assert params["query", "ep.debug_mode"]["action"] == "kept"
     assert record["consent"]["source"] == "bridge"
-    assert record["consent"]["readings"]["bridge"] == "grant"
     assert not any({"before", "after"} & p.keys() for p in record["params"])
     text = format_record(record)
     first, *rest = text.splitlines()
     assert first.startswith(record["minute"] + "  G-TEST1234  FORWARD  granted by bridge")
+    # Only the bridge cookie spoke; every other configured source abstained and is counted.
+    assert record["consent"]["readings"] == {"bridge": "grant"}
+    assert record["consent"]["abstained"] == len(ConsentGate(config.consent).source_names) - 1
     assert "    consent: bridge=grant" in rest
     assert any(line.split() == ["query", "replaced", "pseudonym:", "cid"] for line in rest)
     assert any("(other) x" in line and "not_allow_listed" in line for line in rest)
