@@ -288,7 +288,7 @@ async def _never_500(request: web.Request, handler: Handler) -> web.StreamRespon
     except Exception:
         log.exception("request handler error", extra={"reason": "internal_error"})
         request.app[METRICS].drop("internal_error")
-        request.app[AUDIT].observe_drop("internal_error")
+        request.app[AUDIT].observe_drop("internal_error", request.rel_url.raw_query_string)
         return web.Response(status=503, headers={"Cache-Control": "no-store"})
 
 

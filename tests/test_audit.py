@@ -51,7 +51,7 @@ from proxy.policy import (
 from proxy.pseudonym import Pseudonymizer
 from proxy.regions import Regime
 from proxy.sanitize.sanitizer import Change
-from proxy.server import init_admin_app, init_app
+from proxy.server import RESOLVER, init_admin_app, init_app
 from proxy.state import MemoryState
 from tests.capture import Capture
 from tests.conftest import CONSENT_CASES, GA4_HITS
@@ -639,6 +639,27 @@ async def test_record_of_a_sampled_beacon_names_what_happened_to_each_parameter(
     assert "    consent: bridge=grant" in rest
     assert any(line.split() == ["query", "replaced", "pseudonym:", "cid"] for line in rest)
     assert any("(other) x" in line and "not_allow_listed" in line for line in rest)
+
+
+async def test_server_side_drops_are_recorded(
+    aiohttp_client: Clients, upstream: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = audit_config(upstream, audit={"sample": 0})
+    metrics = Metrics()
+    trail = MemoryAuditTrail(config, metrics)
+    app = init_app(config, metrics, audit=trail)
+    client = await aiohttp_client(app)
+
+    def explode(peer: str | None, forwarded_for: str | None) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(app[RESOLVER], "resolve", explode)
+    query = urlsplit(BASE["url"]).query
+    assert (await client.post(f"/g/collect?{query}", headers={"User-Agent": UA})).status == 503
+    big = await client.post(f"/g/collect?{query}", data="x" * 70_000, headers={"User-Agent": UA})
+    assert big.status == 413
+    reasons = [(r["reason"], r["tid"]) for r in await trail.recent(10)]
+    assert reasons == [("internal_error", BASE_TID), ("too_large", BASE_TID)]
 
 
 def test_location_level_is_recorded_for_the_record_and_for_uip() -> None:
