@@ -2,8 +2,9 @@
 
 Every dropped beacon and a sample (``audit.sample``) of forwarded ones become one record:
 the minute, the site's measurement id, the decision and its reason, the consent verdict with
-every source's reading, the regime, the location level sent, the number of events, and for
-sampled forwarded beacons each parameter's name with what was done to it and by which rule.
+the reading of every source that did not abstain (the others counted), the regime, the
+location level sent, the number of events, and for sampled forwarded beacons each
+parameter's name with what was done to it and by which rule.
 Values never enter a record: ``Change.before``/``after`` are read by nobody here, and a
 parameter *name* that the compiled policy does not know (``?jane@example.com=1``,
 ``ep.<anything not allow-listed>``) is counted under ``(other)``, never written out.
@@ -271,22 +272,19 @@ class AuditTrail:
         else:
             decision = "dropped"
         try:
-            record = self._builder.build(outcome, query, decision)
+            self._store(self._builder.build(outcome, query, decision))
         except Exception:
+            # A fault here must cost the record, never the beacon's answer.
             log.exception("audit record error")
             self._dropped.inc()
-            return
-        self._store(record)
 
     def observe_drop(self, reason: str, query: str = "") -> None:
         """Record a drop decided by the server itself (no ``Outcome``). Never raises."""
         try:
-            record = self._builder.drop(reason, query)
+            self._store(self._builder.drop(reason, query))
         except Exception:
             log.exception("audit record error")
             self._dropped.inc()
-            return
-        self._store(record)
 
     def _store(self, record: Record) -> None:
         raise NotImplementedError
