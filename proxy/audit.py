@@ -164,8 +164,9 @@ class RecordBuilder:
             self._minute_text = time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime(minute * 60))
         return self._minute_text
 
-    def tid(self, query: str) -> str | None:
-        tid = query_tid(query)
+    def tid(self, query: str, parsed: str = "") -> str | None:
+        """The pipeline's parsed tid when it got that far, else the raw query's."""
+        tid = parsed or query_tid(query)
         if tid is None:
             return None
         # A measurement id names the site, not the visitor; anything else may be anything.
@@ -190,7 +191,7 @@ class RecordBuilder:
             }
         return {
             "minute": self.minute(),
-            "tid": self.tid(query),
+            "tid": self.tid(query, outcome.tid),
             "decision": decision,
             "reason": code(outcome.reason),
             "detail": code(outcome.detail),

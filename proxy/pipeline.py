@@ -95,6 +95,7 @@ class Outcome:
     outbound: OutboundRequest | None = None
     events: int = 0
     changes: tuple[Change, ...] = field(default=())
+    tid: str = ""  # the beacon's measurement id, once parsed (checked against the config)
     # Where the outbound hit places the visitor: city | region | country (the cell's
     # representative address), truncated, or omitted; "" when nothing was forwarded.
     location_level: str = ""
@@ -177,22 +178,22 @@ class Pipeline:
             return _drop("too_large" if code == "too_large" else "malformed", code)
         events = beacon.events()
         if request.origin and self._origins and request.origin not in self._origins:
-            return _drop("bad_origin", events=len(events))
+            return _drop("bad_origin", events=len(events), tid=beacon.tid)
         if beacon.tid not in self._tids:
-            return _drop("unknown_tid", events=len(events))
+            return _drop("unknown_tid", events=len(events), tid=beacon.tid)
         agent = self._agents.generalise(request.user_agent)
         if agent.is_bot:
-            return _drop("bot", events=len(events))
+            return _drop("bot", events=len(events), tid=beacon.tid)
 
         try:
             key = await self._pseudonymizer.current()
         except Exception:
             log.warning("no salt available", extra={"reason": "pseudonym_unavailable"})
-            return _drop("pseudonym_unavailable", events=len(events))
+            return _drop("pseudonym_unavailable", events=len(events), tid=beacon.tid)
         if self._limiter is not None and request.client_ip is not None:
             network = truncate(request.client_ip, *self._prefixes)
             if not self._limiter.allow(RateLimiter.network_key(network, key.salt)):
-                return _drop("rate_limited", events=len(events))
+                return _drop("rate_limited", events=len(events), tid=beacon.tid)
 
         if request.country is None and self._geo is not None:
             place = self._geo.lookup(request.client_ip)
@@ -207,13 +208,24 @@ class Pipeline:
         )
         if not consent.forward:
             return _drop(
-                consent.reason, regime=regime, place=place, consent=consent, events=len(events)
+                consent.reason,
+                regime=regime,
+                place=place,
+                consent=consent,
+                events=len(events),
+                tid=beacon.tid,
             )
 
         cid = beacon.shared.get("cid")
         if not cid and any(not e.get("cid") for e in events):
             if not self._cookieless or request.client_ip is None:
-                return _drop("no_client_id", regime=regime, consent=consent, events=len(events))
+                return _drop(
+                    "no_client_id",
+                    regime=regime,
+                    consent=consent,
+                    events=len(events),
+                    tid=beacon.tid,
+                )
             # Cookieless: a stand-in id from the network and the generalised browser only.
             cid = f"cookieless|{truncate(request.client_ip)}|{agent.user_agent}"
             beacon.shared["cid"] = cid
@@ -230,7 +242,7 @@ class Pipeline:
             clean = self._sanitizer.sanitize(beacon, pseudonymize, extra, trace=trace)
         except Exception:
             log.error("sanitiser error", extra={"reason": "sanitize_error"})
-            return _drop("sanitize_error", regime=regime, consent=consent)
+            return _drop("sanitize_error", regime=regime, consent=consent, tid=beacon.tid)
         outbound = OutboundRequest(
             encode_sanitised(clean.shared),
             "\n".join(encode_sanitised(line) for line in clean.lines),
@@ -246,4 +258,5 @@ class Pipeline:
             events=len(events),
             changes=clean.changes,
             location_level=level,
+            tid=beacon.tid,
         )
