@@ -527,6 +527,29 @@ async def test_explain_logs_and_keeps_nothing_of_the_input(
         assert value not in summary  # nor kept or counted anywhere the dashboard shows
 
 
+def test_counts_add_up_across_workers(tmp_path: Path) -> None:
+    proc, port, admin_port = start_serve(
+        tmp_path, "workers",
+        f"measurement_ids: [{', '.join(TIDS)}]\nupstream: {{url: stdout, shutdown_grace: 0}}\n",
+        "--workers", "2",
+    )
+    no_signal = next(h for h in FORWARDABLE if h["id"] == "TV-01")
+    beacons = 30
+    try:
+        wait_until_up(port)
+        wait_until_up(admin_port, "/dashboard/api/summary")
+        for _ in range(beacons):  # a new connection each: the kernel spreads them
+            send_beacon(port, no_signal, {"User-Agent": UA})
+        url = f"http://127.0.0.1:{admin_port}/dashboard/api/summary"
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            counts = json.load(resp)["counts"]
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=60)
+    assert counts["received"] == beacons
+    assert counts["dropped_by_reason"] == {"no_consent": beacons}
+
+
 # The page in a real browser ------------------------------------------------------------
 
 
