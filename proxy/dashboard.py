@@ -409,6 +409,7 @@ class Dashboard:
     async def running(self, app: web.Application) -> AsyncIterator[None]:
         """Cleanup context: the explainer and the sampler live as long as the admin app."""
         self._explainer = Explainer(self._config)
+        self.sample()  # the chart has a starting point before the first request
         sampler = asyncio.create_task(self._sample_forever(), name="dashboard-history")
         yield
         sampler.cancel()
@@ -421,11 +422,11 @@ class Dashboard:
 
     async def _sample_forever(self) -> None:
         while True:
+            await asyncio.sleep(self._interval)
             try:
                 self.sample()
             except Exception:
                 log.exception("dashboard sample failed", extra={"reason": "internal_error"})
-            await asyncio.sleep(self._interval)
 
     def file(self, path: str) -> Callable[[web.Request], Awaitable[web.Response]]:
         body, kind = self._files[path]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -12,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
@@ -20,6 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import expect, sync_playwright
@@ -38,6 +41,7 @@ from proxy.metrics import Metrics
 from proxy.server import init_admin_app, init_app
 from tests.capture import Capture
 from tests.conftest import GA4_HITS
+from tests.redis_server import free_port
 from tests.serve_process import ROOT, start_serve, wait_until_up
 
 TOKEN = "t0ken-for:tests"  # a colon too: Basic auth splits on the first one only
@@ -698,5 +702,62 @@ def test_the_dashboard_in_a_real_browser(served: tuple[int, int], tmp_path: Path
                 (ROOT / "docs").mkdir(exist_ok=True)
                 shutil.copyfile(shot, ROOT / "docs" / "dashboard.png")
             assert not [m for m in console if "Content Security Policy" in m], console
+        finally:
+            browser.close()
+
+
+@contextlib.contextmanager
+def admin_in_thread(app: web.Application) -> Iterator[int]:
+    """An in-process admin app on a loopback port, served from a thread of its own, for a
+    page test that needs a provider no ``serve`` process has yet."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    runner = web.AppRunner(app, access_log=None)
+    port = free_port()
+
+    async def start() -> None:
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+
+    asyncio.run_coroutine_threadsafe(start(), loop).result(timeout=30)
+    try:
+        yield port
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()
+
+
+def test_audit_records_show_in_the_page_as_text() -> None:
+    executable = chromium_path()
+    records = [
+        {"time": "2026-11-25T10:00Z", "tid": TIDS[0], "decision": "forward",
+         "reason": "granted", "source": "bridge", "regime": "opt_in",
+         "params": [{"param": "cid", "action": "replaced", "rule": "pseudonym"},
+                    {"param": "dl", "action": "generalised", "rule": "url"}]},
+        {"time": "2026-11-25T10:00Z", "tid": TIDS[0], "decision": "drop",
+         "reason": "<b id=injected>gpc</b>", "regime": "opt_in"},
+    ]
+
+    async def recent(limit: int) -> list[dict[str, Any]]:
+        return records[:limit]
+
+    app = init_admin_app(config(admin={"token": TOKEN}), Metrics(), recent_audit=recent)
+    with admin_in_thread(app) as port, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(http_credentials={"username": "", "password": TOKEN})
+            page = context.new_page()
+            page.goto(f"http://127.0.0.1:{port}/dashboard/")
+            rows = page.locator("#audit-table tbody tr")
+            expect(rows).to_have_count(2)
+            expect(rows.nth(0)).to_contain_text("forward")
+            expect(rows.nth(0)).to_contain_text("cid: replaced pseudonym")
+            expect(rows.nth(0)).to_contain_text("dl: generalised url")
+            expect(rows.nth(1)).to_contain_text("<b id=injected>gpc</b>")
+            assert page.locator("#injected").count() == 0
+            expect(page.locator("#audit-empty")).to_be_hidden()
         finally:
             browser.close()
