@@ -112,6 +112,10 @@ CLOSED_SETS: dict[str, frozenset[str]] = {
     "uab": frozenset({"32", "64"}),
 }
 
+# Checked by the pipeline before the policy runs (beacon.parse, Pipeline's tid check): a beacon
+# with any other value is dropped whole, so these carry nothing but the configured values.
+PINNED = ("v", "tid")
+
 _ITEM = re.compile(r"^pr\d+$")
 _CODE = re.compile(r"`([^`]+)`")
 
@@ -202,6 +206,8 @@ class Report:
     never_forwarded: tuple[NeverItem, ...]
     cnil_conditions: tuple[Condition, ...]
     framing: tuple[dict[str, Any], ...]
+    urls: dict[str, Any]
+    device: dict[str, Any]
     collisions: tuple[Collision, ...] = field(default=())
 
     @property
@@ -234,6 +240,8 @@ class Report:
                 "collision_table": [coll(c) for c in self.collisions],
             },
             "location": self.location,
+            "urls": self.urls,
+            "device": self.device,
             "cnil_conditions": [
                 {"id": c.id, "title": c.title, "met": c.met, "why": c.why}
                 for c in self.cnil_conditions
@@ -417,6 +425,8 @@ def _facts(config: Config) -> _Facts:
 
 def _lets_through(name: str, rule: Rule, canary: str, query_keys: Iterable[str]) -> bool:
     """Whether ``canary`` survives ``rule`` in any of the places a site could put it."""
+    if name in PINNED:
+        return False
     if name in ("dl", "dr"):
         values = [f"{PAGE}/{canary}", *(f"{PAGE}/p?{k}={canary}" for k in query_keys)]
     elif name == "dp":
@@ -454,6 +464,11 @@ def _form(name: str, rule: Rule, f: _Facts) -> tuple[str, str]:
     """Plain words for what ``rule`` sends, and how its values are checked."""
     kind = rule.name
     scanned = f"personal values replaced by tokens ({_detectors(f)})"
+    if name == "v" and kind != "override":
+        return "always `2`: a beacon of any other protocol version is dropped", "fixed"
+    if name == "tid" and kind != "override":
+        return (f"one of {_code(f.config.measurement_ids)}: a beacon for any other measurement "
+                "ID is dropped", "fixed")
     if kind == "override":
         if rule.fn is None:
             return "as sent by the browser, unchecked (`privacy.overrides`: keep)", "as_sent"
@@ -554,12 +569,13 @@ _SPLIT_RULES = frozenset({"url", "client_hint", "referrer", "hostname", "pseudon
 def _forwarded_fields(f: _Facts) -> tuple[Field, ...]:
     groups: dict[tuple[str, str, str, str], list[str]] = {}
     rules: dict[tuple[str, str, str, str], Rule] = {}
-    for name, rule in f.forwarded.items():
+    # The pinned ones first: what identifies the protocol and the property.
+    for name, rule in sorted(f.forwarded.items(), key=lambda item: item[0] not in PINNED):
         key = (
             rule.name,
             _treatment(rule) or "",
             _family(name),
-            name if rule.name in _SPLIT_RULES else str(rule.action),
+            name if rule.name in _SPLIT_RULES or name in PINNED else str(rule.action),
         )
         groups.setdefault(key, []).append(name)
         rules[key] = rule
@@ -635,7 +651,7 @@ def _header_fields() -> tuple[Field, ...]:
 
 _DROP_WHY = {
     "identifier": "identifiers: user id, Firebase and enhanced-conversion data, linker and "
-    "Google click cookies, the browser's own `_uip`, ad consent strings",
+    "click cookies, address and region, ad consent strings",
     "proxy_set": "set by the proxy only: a value the browser sends is dropped",
     "debug": "the DebugView flag (`privacy.forward_debug` is off)",
     "fingerprint": "the screen resolution, a fingerprinting input",
@@ -664,7 +680,7 @@ def _never_forwarded(f: _Facts) -> tuple[NeverItem, ...]:
             (address_why if uip_dropped else "the browser's own `_uip` is forwarded")
             + "; it is used in memory only (geo lookup, rate limiting), never stored",
         ),
-        NeverItem("Any Cookie", "header", "cookie" not in headers,
+        NeverItem("Any cookie", "header", "cookie" not in headers,
                   f"outbound requests carry only {_code(_outbound_headers())}"),
     ]
     uid = policy.rule("uid")
@@ -698,14 +714,24 @@ def _never_forwarded(f: _Facts) -> tuple[NeverItem, ...]:
         items.append(NeverItem(f"`{header}` header", "header", not present,
                                "the request to Google is rebuilt; no browser header is copied"))
 
+    # Names the proxy sets itself leave with the proxy's value; the browser's is dropped.
+    own = set(policy.forced) | {
+        n for n, present in (("_uip", _location_form(f.config) is not None),
+                             ("tt", bool(f.config.internal_traffic.networks))) if present
+    }
     groups: dict[tuple[str, str], list[str]] = {}
     for name, rule in f.dropped.items():
         groups.setdefault((rule.name, _family(name)), []).append(name)
     for (rule_name, _), names in groups.items():
-        items.append(NeverItem(
-            _code([_label(names)]), "parameter", True,
-            _DROP_WHY.get(rule_name, f"dropped by the rule `{rule_name}`"), params=tuple(names),
-        ))
+        why = _DROP_WHY.get(rule_name, f"dropped by the rule `{rule_name}`")
+        replaced = [n for n in names if n in own]
+        never = [n for n in names if n not in own]
+        if replaced:
+            why += (f"; {_code(replaced)} sent by the browser is dropped too, and the proxy "
+                    "sends its own (see What leaves)")
+        if never:
+            items.append(NeverItem(_code([_label(never)]), "parameter", True, why,
+                                   params=tuple(never)))
     sst = _treatment(policy.rule(f"{IDENTIFIER_PREFIXES[0]}x")) is None
     items.append(NeverItem(_code(p + "*" for p in IDENTIFIER_PREFIXES), "family", sst,
                            "server-side tagging data", prefixes=IDENTIFIER_PREFIXES))
@@ -934,7 +960,7 @@ def _endpoint(config: Config) -> dict[str, Any]:
     if url == DRY_RUN:
         return {
             "url": DRY_RUN, "host": None, "dry_run": True, "region": "none", "eu": None,
-            "why": "dry run: every request that would go to Google is printed on standard "
+            "why": "a dry run: every request that would go to Google is printed on standard "
             "output and nothing is sent; for production set `upstream.url` (the built-in "
             f"default is Google's EU endpoint, `{EU_ENDPOINT}`)",
         }
@@ -1076,6 +1102,30 @@ def _framing(endpoint: dict[str, Any], config: Config) -> tuple[dict[str, Any], 
     )
 
 
+def _urls(f: _Facts) -> dict[str, Any]:
+    out = f.external_ref
+    external = (
+        "dropped" if out is None else "origin" if out == f"{EXTERNAL}/" else "forwarded"
+    )
+    return {
+        "page_query_keys": list(f.page_query),
+        "path_query_keys": list(f.path_query),
+        "internal_referrer_query_keys": list(f.internal_ref_query),
+        "external_referrer": external,
+        "url_event_params": [f"ep.{n}" for n in f.url_event_params],
+    }
+
+
+def _device(f: _Facts) -> dict[str, Any]:
+    return {
+        "user_agent": "rebuilt",
+        "dropped": [n for n in FINGERPRINT_PROBES
+                    if n not in f.fingerprint_open and n not in f.fingerprint_closed],
+        "reduced": {n: sorted(CLOSED_SETS[n]) for n in f.fingerprint_closed},
+        "as_sent": list(f.fingerprint_open),
+    }
+
+
 def _fingerprint(config: Config) -> str:
     # The parts the report derives from, without secrets (admin token, Redis URL).
     parts = {
@@ -1121,6 +1171,8 @@ def build_report(config: Config, daily_visitors: int | None = None,
         never_forwarded=_never_forwarded(facts),
         cnil_conditions=_conditions(facts, collisions[0]),
         framing=_framing(endpoint, config),
+        urls=_urls(facts),
+        device=_device(facts),
         collisions=collisions,
     )
 
@@ -1167,8 +1219,8 @@ def _document(r: Report) -> list[_Block]:
     h2("Summary")
     table(("", "This configuration"), [
         ("Recipient", f"Google Analytics 4, measurement IDs {_code(r.measurement_ids)}"),
-        ("Endpoint", f"`{endpoint['url']}`: {endpoint['why']}"),
-        ("Region", endpoint["region"]),
+        ("Endpoint", f"`{endpoint['url']}`, {endpoint['why']}"),
+        ("Region", endpoint["region"] + (" (dry run)" if endpoint["dry_run"] else "")),
         ("Consent", f"{len(consent['sources'])} consent sources; GPC: {consent['gpc']}, "
                     f"DNT: {consent['dnt']}; without a signal: {defaults}"),
         ("Pseudonym", f"{r.pseudonym['bits']} bits, new salt every {r.pseudonym['rotation']}; "
