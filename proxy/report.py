@@ -392,8 +392,10 @@ def _facts(config: Config) -> _Facts:
 
     loosened: dict[str, str] = {}
     for name, action in privacy.overrides.items():
-        rule, before = policy.rule(name), base.rule(name)
-        if action != "drop" and (rule.name, _treatment(rule)) != (before.name, _treatment(before)):
+        before = base.rule(name)
+        as_sent = before.fn is None and before.action is Action.KEPT
+        # Keep is looser than anything but keep; scrub than anything but scrubbing text.
+        if (action == "keep" and not as_sent) or (action == "scrub" and before.name != "pii"):
             loosened[name] = action
 
     passes = {
@@ -413,7 +415,7 @@ def _facts(config: Config) -> _Facts:
         external_ref=external_ref,
         external_probe=external_probe,
         url_event_params=tuple(
-            n for n in privacy.event_params if n in URL_EVENT_PARAMS and f"ep.{n}" in forwarded
+            n[3:] for n in forwarded if n.startswith("ep.") and n[3:] in URL_EVENT_PARAMS
         ),
         fingerprint_open=fingerprint_open,
         fingerprint_closed=tuple(fingerprint_closed),

@@ -193,6 +193,8 @@ def test_conditions_not_met_per_configuration(name: str) -> None:
         ({"pii_detectors": ["iban", "card", "phone", "ipv4", "ipv6"]}, {7}, "`email`"),
         ({"overrides": {"_uip": "scrub"}}, {1, 6, 7}, "`_uip: scrub`"),
         ({"pseudonym": {"bits": 16}}, set(), "cut to 16 bits"),
+        ({"overrides": {"dt": "scrub"}}, set(), "(`privacy.overrides`: scrub)"),
+        ({"overrides": {"ep.link_url": "keep"}}, {4, 7}, "`ep.link_url`"),
     ],
 )
 def test_changing_the_configuration_changes_the_report(
