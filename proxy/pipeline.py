@@ -8,6 +8,7 @@ Fail closed: any exception drops the beacon with a counted reason, and nothing b
 from __future__ import annotations
 
 import functools
+import ipaddress
 import logging
 import time
 from collections.abc import Callable
@@ -20,6 +21,8 @@ from proxy.consent.gate import ConsentGate, ConsentVerdict
 from proxy.consent.verdict import ConsentInput
 from proxy.cookies import parse_cookie_header
 from proxy.geo import GeoDatabase, Place
+from proxy.geo_index import Representatives
+from proxy.mesh import CellCounter, MemoryCellCounter
 from proxy.policy import compile_policy
 from proxy.pseudonym import Pseudonymizer
 from proxy.ratelimit import RateLimiter
@@ -107,7 +110,7 @@ def check_compiles(config: Config) -> None:
     try:
         ConsentGate(config.consent)
         compile_policy(config.privacy, config.allowed_origins)
-        compile_location(config.privacy.location)
+        compile_location(config.privacy.location, Representatives(), MemoryCellCounter(2, 1))
         if config.geo.database:
             GeoDatabase(config.geo.database).close()
     except ConfigError:
@@ -126,14 +129,26 @@ class Pipeline:
         clock: Callable[[], float] = time.time,
         limiter: RateLimiter | None = None,
         geo: GeoDatabase | None = None,
+        representatives: Representatives | None = None,
+        cells: CellCounter | None = None,
     ) -> None:
         privacy = config.privacy
+        location = privacy.location
         self._tids = frozenset(config.measurement_ids)
         self._origins = frozenset(config.allowed_origins)
         self._gate = ConsentGate(config.consent)
         self._regimes = RegimeMap(config.consent.regimes.opt_in, config.consent.regimes.opt_out)
         self._sanitizer = Sanitizer(compile_policy(privacy, config.allowed_origins))
-        self._location = compile_location(privacy.location)
+        if location.mode == "mesh" and cells is None:
+            cells = MemoryCellCounter(location.k, location.window_seconds)
+        self._location = compile_location(
+            location, Representatives() if representatives is None else representatives, cells
+        )
+        self._needs_member = location.mode == "mesh"
+        self._internal = tuple(
+            ipaddress.ip_network(net, strict=False) for net in config.internal_traffic.networks
+        )
+        self._traffic_type = config.internal_traffic.traffic_type
         self._agents = UserAgentGeneraliser()
         self._pseudonymizer = pseudonymizer
         self._cookieless = privacy.pseudonym.cookieless
@@ -204,8 +219,13 @@ class Pipeline:
             beacon.shared["cid"] = cid
         pseudonymize = functools.partial(self._pseudonymizer.pseudonym, key, beacon.tid)
 
-        location = self._location(request.client_ip)
-        extra = {"_uip": location} if location else None
+        # The address's last uses, before it is discarded: the location and internal traffic.
+        member = pseudonymize(cid or events[0]["cid"]) if self._needs_member else ""
+        location, level = self._location(request.client_ip, place, member)
+        extra = {"_uip": location} if location else {}
+        address = request.client_ip
+        if address is not None and any(address in net for net in self._internal):
+            extra["tt"] = self._traffic_type
         try:
             clean = self._sanitizer.sanitize(beacon, pseudonymize, extra, trace=trace)
         except Exception:
@@ -225,4 +245,5 @@ class Pipeline:
             outbound=outbound,
             events=len(events),
             changes=clean.changes,
+            location_level=level,
         )

@@ -613,13 +613,15 @@ def _location_form(config: Config) -> str | None:
     if loc.mode == "country":
         return (
             "one representative address per country, taken from the geo database's own "
-            "networks: only the country leaves; nothing when the country is unknown"
+            "networks: only the country leaves; nothing when the country is unknown or the "
+            "index of representative addresses is not built yet"
         )
     if loc.mode == "mesh":
         return (
             "the representative address of the finest city → region → country cell that saw "
             f"at least {loc.k} distinct pseudonymous visitors in the last {loc.window}; "
-            "nothing when even the country saw fewer"
+            "nothing when even the country saw fewer (or before the index of representative "
+            "addresses is built)"
         )
     return None
 
@@ -793,6 +795,13 @@ def _condition_1(f: _Facts) -> tuple[bool, list[str]]:
             f"cell that saw at least k = {loc.k} distinct pseudonymous visitors in the last "
             f"{loc.window}; below that even for the country, nothing is sent"
         )
+        if loc.window_seconds > config.privacy.pseudonym.rotation_seconds:
+            why.append(
+                f"the window ({loc.window}) is longer than the salt rotation "
+                f"({config.privacy.pseudonym.rotation}): a visitor's pseudonym changes with "
+                "each rotation, so one visitor returning across rotations counts more than "
+                "once towards k"
+            )
     why.append("the visitor's address is used in memory only and no forwarding header is sent")
     if config.internal_traffic.networks:
         why.append(f"office/VPN traffic is marked `tt={config.internal_traffic.traffic_type}` "

@@ -14,6 +14,8 @@ import json
 import random
 import re
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -24,11 +26,15 @@ import pytest
 
 from proxy.cli import main
 from proxy.config import Config, from_mapping, load
+from proxy.geo import GeoDatabase
+from proxy.geo_index import Representatives, load_or_build
+from proxy.mesh import MemoryCellCounter
 from proxy.pipeline import IncomingRequest, Outcome, Pipeline
 from proxy.pseudonym import Pseudonymizer
 from proxy.report import CNIL_TITLES, build_report, collision
 from proxy.state import MemoryState
 from tests.conftest import GA4_HITS
+from tests.test_location import NETWORKS, build
 
 ROOT = Path(__file__).parent.parent
 TIDS = sorted({dict(parse_qsl(urlsplit(h["url"]).query))["tid"] for h in GA4_HITS} - {"G-XXXXX"})
@@ -86,32 +92,52 @@ def make(privacy: dict[str, Any] | None = None, **top: Any) -> Config:
     return from_mapping(mapping, env={})
 
 
-_PIPELINES: dict[str, Pipeline] = {}
+@dataclass(frozen=True)
+class Geo:
+    """A small MaxMind DB (the location tests' networks) and its representative addresses."""
+
+    path: Path
+    index: dict[str, str]
 
 
-def named_pipeline(name: str) -> Pipeline:
+@pytest.fixture(scope="module")
+def geo(tmp_path_factory: pytest.TempPathFactory) -> Geo:
+    directory = tmp_path_factory.mktemp("geo")
+    path = build(directory / "geo.mmdb", NETWORKS)
+    return Geo(path, dict(load_or_build(path, directory / "cache")))
+
+
+def pipeline(cfg: Config, geo: Geo | None = None, **kwargs: Any) -> Pipeline:
+    pseudo = cfg.privacy.pseudonym
+    extra: dict[str, Any] = {}
+    if cfg.privacy.location.mode in ("country", "mesh"):
+        assert geo is not None, "country and mesh need the test database"
+        cfg = msgspec.structs.replace(cfg, geo=msgspec.structs.replace(
+            cfg.geo, database=str(geo.path)))
+        extra = {"geo": GeoDatabase(str(geo.path)),
+                 "representatives": Representatives(geo.index)}
+    clock = kwargs.pop("clock", None)
+    pseudonymizer = Pseudonymizer(MemoryState(), bits=pseudo.bits,
+                                  rotation=pseudo.rotation_seconds,
+                                  **({"clock": clock} if clock else {}))
+    return Pipeline(cfg, pseudonymizer, **extra, **kwargs)
+
+
+Pipelines = Callable[[str], Pipeline]
+
+
+@pytest.fixture(scope="module")
+def pipelines(geo: Geo) -> Pipelines:
     """One pipeline per named configuration for the module (building one loads the UA
     parser's rules, a tenth of a second): the claims below only read its compiled tables."""
-    if name not in _PIPELINES:
-        _PIPELINES[name] = pipeline(make(CONFIGS[name]))
-    return _PIPELINES[name]
+    built: dict[str, Pipeline] = {}
 
+    def get(name: str) -> Pipeline:
+        if name not in built:
+            built[name] = pipeline(make(CONFIGS[name]), geo)
+        return built[name]
 
-def pipeline(cfg: Config) -> Pipeline:
-    loc = cfg.privacy.location
-    if loc.mode in ("country", "mesh"):
-        # The parameter table does not depend on the location mode, and country/mesh need
-        # the geo module's representative addresses: those modes' `_uip` has its own tests.
-        cfg = msgspec.structs.replace(
-            cfg,
-            privacy=msgspec.structs.replace(
-                cfg.privacy, location=msgspec.structs.replace(loc, mode="omit")
-            ),
-            geo=msgspec.structs.replace(cfg.geo, database=None),
-        )
-    pseudo = cfg.privacy.pseudonym
-    return Pipeline(cfg, Pseudonymizer(MemoryState(), bits=pseudo.bits,
-                                       rotation=pseudo.rotation_seconds))
+    return get
 
 
 def report_json(name: str, **kwargs: Any) -> dict[str, Any]:
@@ -230,9 +256,9 @@ def sink(report: dict[str, Any]) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("name", NAMES)
-async def test_never_forwarded_parameters_never_leave(name: str) -> None:
+async def test_never_forwarded_parameters_never_leave(name: str, pipelines: Pipelines) -> None:
     report = report_json(name)
-    p = named_pipeline(name)
+    p = pipelines(name)
     outcomes = [*await fixture_outcomes(p), await send(p, sink(report))]
     forwarded = [o for o in outcomes if o.forward]
     assert len(forwarded) >= len(GA4_HITS) - 1  # one capture is for an unlisted property
@@ -248,9 +274,11 @@ async def test_never_forwarded_parameters_never_leave(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", NAMES)
-async def test_every_outbound_parameter_is_covered_by_forwarded_fields(name: str) -> None:
+async def test_every_outbound_parameter_is_covered_by_forwarded_fields(
+    name: str, pipelines: Pipelines
+) -> None:
     report = report_json(name)
-    p = named_pipeline(name)
+    p = pipelines(name)
     covered = forwarded_names(report)
     seen: set[str] = set()
     for outcome in [*await fixture_outcomes(p), await send(p, sink(report))]:
@@ -262,9 +290,9 @@ async def test_every_outbound_parameter_is_covered_by_forwarded_fields(name: str
 
 
 @pytest.mark.parametrize("name", NAMES)
-async def test_outbound_headers_are_the_ones_listed(name: str) -> None:
+async def test_outbound_headers_are_the_ones_listed(name: str, pipelines: Pipelines) -> None:
     report = report_json(name)
-    outcome = await send(named_pipeline(name), BASE)
+    outcome = await send(pipelines(name), BASE)
     assert outcome.outbound is not None
     headers = outcome.outbound.headers()
     assert list(headers) == [h["label"] for h in report["forwarded_headers"]]
@@ -278,9 +306,9 @@ async def test_outbound_headers_are_the_ones_listed(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", NAMES)
-async def test_external_referrer_claim(name: str) -> None:
+async def test_external_referrer_claim(name: str, pipelines: Pipelines) -> None:
     report = report_json(name)
-    p = named_pipeline(name)
+    p = pipelines(name)
     external = "https://news.example.org/story/1?utm_source=x&id=9"
     out = merged(await send(p, {**BASE, "dr": external})).get("dr")
     expected = {
@@ -297,9 +325,9 @@ async def test_external_referrer_claim(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", NAMES)
-async def test_url_parameters_claim(name: str) -> None:
+async def test_url_parameters_claim(name: str, pipelines: Pipelines) -> None:
     report = report_json(name)
-    p = named_pipeline(name)
+    p = pipelines(name)
     dl = f"{SITE}/landing?utm_source=news&gclid=abc&_gl=1*x&page=2&ref=friend&id=42#top"
     out = merged(await send(p, {
         **BASE,
@@ -318,12 +346,12 @@ async def test_url_parameters_claim(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", NAMES)
-async def test_fingerprint_claim(name: str) -> None:
+async def test_fingerprint_claim(name: str, pipelines: Pipelines) -> None:
     report = report_json(name)
     device = report["device"]
     rare = {"sr": "3589x297", "uaa": "riscv", "uab": "32", "uafvl": "Brave;1.63.174",
             "uamb": "1", "uam": "SM-F946B", "uap": "Fuchsia", "uapv": "0.11.3", "uaw": "0"}
-    outcome = await send(named_pipeline(name), {**BASE, **rare})
+    outcome = await send(pipelines(name), {**BASE, **rare})
     out = merged(outcome)
     assert set(device["dropped"]) | set(device["reduced"]) | set(device["as_sent"]) == set(rare)
     for field in device["dropped"]:
@@ -334,15 +362,15 @@ async def test_fingerprint_claim(name: str) -> None:
         assert out[field] == rare[field]
     assert condition(report, 5) == (not device["as_sent"])
     # The rare platform the User-Agent rebuild hides is exactly what an as-sent uap restores.
-    fuchsia = await send(named_pipeline(name), {**BASE, "uap": "Fuchsia"}, user_agent=FUCHSIA)
+    fuchsia = await send(pipelines(name), {**BASE, "uap": "Fuchsia"}, user_agent=FUCHSIA)
     assert fuchsia.outbound is not None and "Fuchsia" not in fuchsia.outbound.user_agent
     assert (merged(fuchsia).get("uap") == "Fuchsia") == ("uap" in device["as_sent"])
 
 
 @pytest.mark.parametrize("name", NAMES)
-async def test_identifier_claims(name: str) -> None:
+async def test_identifier_claims(name: str, pipelines: Pipelines) -> None:
     report = report_json(name)
-    out = merged(await send(named_pipeline(name), {
+    out = merged(await send(pipelines(name), {
         **BASE,
         "dl": f"{SITE}/p?gclid=abc&_gl=1*abc",
         "uid": "crm-4711",
@@ -363,18 +391,18 @@ async def test_identifier_claims(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", NAMES)
-async def test_session_count_claim(name: str) -> None:
+async def test_session_count_claim(name: str, pipelines: Pipelines) -> None:
     report = report_json(name)
-    out = merged(await send(named_pipeline(name), {**BASE, "sct": "317"}))
+    out = merged(await send(pipelines(name), {**BASE, "sct": "317"}))
     assert ("sct" in out) == ("sct" in forwarded_names(report))
     if "sct" in out:
         assert not condition(report, 7)
 
 
 @pytest.mark.parametrize("name", NAMES)
-async def test_title_claim(name: str) -> None:
+async def test_title_claim(name: str, pipelines: Pipelines) -> None:
     report = report_json(name)
-    out = merged(await send(named_pipeline(name), {**BASE, "dt": "Hi jane@x.example"}))
+    out = merged(await send(pipelines(name), {**BASE, "dt": "Hi jane@x.example"}))
     (field,) = [f for f in report["forwarded_fields"] if "dt" in f["params"]]
     assert out["dt"] == ("Hi jane@x.example" if field["values"] == "as_sent" else "Hi [email]")
 
@@ -403,9 +431,9 @@ def placements(param: str, canary: str) -> list[dict[str, str]]:
 
 
 @pytest.mark.parametrize("name", NAMES)
-async def test_value_claims(name: str) -> None:
+async def test_value_claims(name: str, pipelines: Pipelines) -> None:
     report = report_json(name)
-    p = named_pipeline(name)
+    p = pipelines(name)
     items = {n["item"]: n for n in report["never_forwarded"]}
     # Every forwarded parameter (one item slot stands for all), bar those the proxy sets.
     params = sorted(n for n in forwarded_names(report)
@@ -422,17 +450,37 @@ async def test_value_claims(name: str) -> None:
         assert items[label]["holds"] == (not leaked)
 
 
-@pytest.mark.parametrize(("mode", "uip"), [("truncated", "203.0.113.0"), ("omit", None)])
-async def test_location_claim(mode: str, uip: str | None) -> None:
-    cfg = make({"location": {"mode": mode}})
+VISITORS = ["81.2.69.160", "81.2.71.9", "2.24.7.7", "25.1.2.3", "203.0.113.57", "192.0.2.5"]
+
+
+@pytest.mark.parametrize("mode", ["omit", "truncated", "country", "mesh"])
+async def test_location_claim(mode: str, geo: Geo) -> None:
+    cfg = make({"location": {"mode": mode, "k": 3}})
     report = build_report(cfg).to_json()
-    out = merged(await send(pipeline(cfg), {**BASE, "_uip": "198.51.100.7"}))
-    assert out.get("_uip") == uip
-    assert ("_uip" in forwarded_names(report)) == (uip is not None)
-    assert condition(report, 1) == (uip is None)
+    p = pipeline(cfg, geo)
+    pairs = []
+    for n, visitor in enumerate(VISITORS * 3):  # distinct visitors, three rounds
+        params = {**BASE, "cid": f"{n}.1", "_uip": "198.51.100.7"}
+        out = merged(await send(p, params, client_ip=ipaddress.ip_address(visitor)))
+        pairs.append((visitor, out.get("_uip")))
+    sent_uips = {uip for _, uip in pairs if uip}
+    assert "198.51.100.7" not in sent_uips  # the browser's own, never
+    assert ("_uip" in forwarded_names(report)) == (mode != "omit")
+    assert condition(report, 1) == (mode != "truncated")
     assert report["location"]["mode"] == mode
     address = next(n for n in report["never_forwarded"] if n["kind"] == "address")
-    assert address["holds"] and "198.51.100.7" not in json.dumps(out)
+    assert address["holds"]
+    if mode == "omit":
+        assert not sent_uips
+    elif mode == "truncated":
+        assert all(uip == str(ipaddress.ip_network(f"{v}/24", strict=False).network_address)
+                   for v, uip in pairs)
+    else:
+        # Only representative addresses leave, never a visitor's.
+        assert sent_uips and sent_uips <= set(geo.index.values())
+        assert not [v for v, uip in pairs if uip == v]
+    if mode == "mesh":
+        assert pairs[0][1] is None  # the first visitor of a country is alone in every cell
 
 
 @pytest.mark.parametrize("mode", ["mesh", "country"])
@@ -446,6 +494,40 @@ def test_mesh_and_country_say_what_stands_for_the_address(mode: str) -> None:
     else:
         assert "one representative address per country" in uip.form
     assert report.cnil_conditions[0].met
+
+
+async def test_a_mesh_window_longer_than_the_rotation_counts_a_visitor_again(geo: Geo) -> None:
+    cfg = make({"location": {"mode": "mesh", "k": 3, "window": "3d"}})
+    assert "counts more than once towards k" in build_report(cfg).cnil_conditions[0].why
+    now = [1_700_000_000.0]
+
+    def clock() -> float:
+        return now[0]
+
+    p = pipeline(cfg, geo, clock=clock, cells=MemoryCellCounter(3, 3 * 86400, clock=clock))
+    levels = []
+    for _ in range(3):  # one visitor, one cid, three days
+        outcome = await send(p, BASE, client_ip=ipaddress.ip_address("25.1.2.3"))
+        levels.append(outcome.location_level)
+        now[0] += 86400
+    assert levels == ["omitted", "omitted", "country"]
+    same = make({"location": {"mode": "mesh", "k": 3, "window": "24h"}})
+    assert "counts more than once" not in build_report(same).to_markdown()
+
+
+async def test_internal_traffic_claim() -> None:
+    cfg = make({"location": {"mode": "omit"}}, internal_traffic={"networks": ["198.51.100.0/24"]})
+    report = build_report(cfg).to_json()
+    (tt,) = [f for f in report["forwarded_fields"] if f["params"] == ["tt"]]
+    assert tt["treatment"] == "forced" and "`internal`" in tt["form"]
+    assert "tt" not in {p for n in report["never_forwarded"] for p in n["params"]}
+    p = pipeline(cfg)
+    office = merged(await send(p, {**BASE, "tt": "x"},
+                               client_ip=ipaddress.ip_address("198.51.100.77")))
+    elsewhere = merged(await send(p, {**BASE, "tt": "x"}))
+    assert office["tt"] == "internal" and "tt" not in elsewhere
+    default = build_report(make()).to_json()
+    assert "tt" in {p for n in default["never_forwarded"] for p in n["params"]}
 
 
 # Consent: the report's rule, checked on beacons that carry no signal or a granting cookie.
