@@ -822,7 +822,8 @@ def _condition_2(f: _Facts, primary: Collision) -> tuple[bool, list[str]]:
         f"{pseudo.rotation} and is destroyed when its window ends, cut to {pseudo.bits} bits",
         f"at {primary.visitors_per_window:,} visitors per window ({primary.basis} volume), a "
         f"given visitor shares its pseudonym with another with probability "
-        f"{_probability(primary.p_shared)} (about {primary.colliding:.3g} visitors share one)",
+        f"{_probability(primary.p_shared)}; about {primary.colliding:.3g} visitors are "
+        "expected to share theirs",
     ]
     if pseudo.cookieless:
         why.append("a beacon without `cid` gets one derived from its network and generalised "
@@ -916,7 +917,7 @@ def _condition_6(f: _Facts) -> tuple[bool, list[str]]:
     if not_met:
         return False, not_met
     return True, [
-        f"{_code(IDENTIFIERS)} and `sst.*` are dropped",
+        f"{_code(n for n in IDENTIFIERS if n != '_uip')} and `sst.*` are dropped",
         f"click ids and the cross-domain linker {_code(CLICK_IDS)} go with the URL query",
         "no user property is forwarded",
         f"the only identifier is the pseudonym, which lasts one {_rotation(f)} window",
