@@ -104,6 +104,24 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from proxy.report import build_report, render
+
+    config = _load_config(args.config)
+    sys.stdout.write(render(build_report(config, args.daily_visitors), args.format))
+    return 0
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def _audit_tail(args: argparse.Namespace) -> int:
     from proxy.audit import tail
 
@@ -136,6 +154,14 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--jsonl", metavar="FILE", help="many beacons, one JSON object a line")
     explain.add_argument("--har", metavar="FILE", help="every /g/collect request of a HAR file")
     explain.set_defaults(func=_explain)
+    report = sub.add_parser("report", help="what leaves for Google, and the CNIL conditions")
+    report.add_argument("--config", help=f"YAML file (default {DEFAULT_CONFIG_PATH})")
+    report.add_argument("--format", choices=["md", "html", "json"], default="md",
+                        help="md (for a DPIA, the default), html (a standalone page) or json")
+    report.add_argument("--daily-visitors", type=_positive, metavar="N",
+                        help="daily volume to state pseudonym collisions at "
+                        "(default: an illustrative volume, said so)")
+    report.set_defaults(func=_report)
     audit = sub.add_parser("audit", help="the privacy audit trail")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
     tail = audit_sub.add_parser(

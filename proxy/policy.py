@@ -105,7 +105,8 @@ LARGEST_SCREEN = (3840, 2160)
 _EVENT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,39}$")
 _NUMBER = re.compile(r"^-?\d{1,15}(\.\d{1,6})?$")
 _SCREEN = re.compile(r"^(\d{2,5})x(\d{2,5})$")
-_HOSTNAME = re.compile(r"^[a-z0-9.-]{1,253}$")
+# A host name, never an IPv4 address: a page served at an address would forward one.
+_HOSTNAME = re.compile(r"^(?!.*\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3})[a-z0-9.-]{1,253}$")
 
 
 class Action(enum.Enum):

@@ -297,3 +297,11 @@ def test_body_lines_are_sanitised_like_the_query() -> None:
     assert "uid" not in result.lines[0]
     assert "x@y.example" not in result.lines[0].get("dt", "")
     assert result.lines[1] == {"en": "b"}
+
+
+@pytest.mark.parametrize(("value", "sent"), [("WWW.Example.com", "www.example.com"),
+                                             ("198.51.100.77", None), ("0.0.0.0", None),
+                                             ("a.198.51.100.77.nip.io", None)])
+def test_hostname_is_kept_only_when_not_an_address(value: str, sent: str | None) -> None:
+    assert run(sanitizer(), {"dh": value})[0].get("dh") == sent
+
