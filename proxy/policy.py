@@ -23,20 +23,30 @@ TITLE_LIMIT = 300
 USER_PROPERTY_LIMIT = 36
 
 # Parameters kept as they are, each only while its value has the shape gtag gives it: a
-# "flag" carrying an e-mail or an address is not a flag, and is dropped.
+# "flag" carrying an e-mail or an address is not a flag, and is dropped. The shapes are tight
+# enough that no value of that shape is a phone, card or IBAN number by the scrubber's own
+# definitions (proxy/sanitize/pii.py): digit runs too short for a card (13+ digits starting
+# 2-6), no trunk-0 runs a phone could be, no separators between digits, no IBAN's letters.
 SHAPES: dict[str, str] = {
-    **dict.fromkeys(
-        "_p _s _et _ee _c _ss _nsi seg ir tfd frm are pae _fv sid gcu gcut dma rcb".split(),
-        r"\d{1,16}",
-    ),
-    **dict.fromkeys(
-        "v gtm tag_exp _eu _tu _z gaf gcd dma_cps pscdl".split(), r"[A-Za-z0-9_~.-]{0,160}"
-    ),
+    # flags and small counters
+    **dict.fromkeys("_ee _c _ss _nsi seg ir frm are pae _fv gcu gcut dma rcb".split(), r"\d{1,3}"),
+    # hit sequence, engagement and timing milliseconds
+    **dict.fromkeys("_s _et tfd".split(), r"\d{1,9}"),
+    "_p": r"[1-9]\d{0,11}|1\d{12}",  # page-load id: a random number or epoch milliseconds
+    "sid": r"[1-9]\d{0,9}",  # session start, epoch seconds
+    "v": r"\d{1,2}",
+    # tag build: digits and letters, as "45je4730v877985709z88933" (never all digits)
+    "gtm": r"(?=.*[A-Za-z])(?!.*\d{13})\d[A-Za-z0-9]{0,63}",
+    "tag_exp": r"(?:0|[1-9]\d{0,11})(?:~(?:0|[1-9]\d{0,11}))*",  # experiment ids
+    "gcd": r"\d{1,2}(?:[A-Za-z]\d?){0,24}",  # consent defaults, as "13l3l3l3l1l1"
     "gcs": r"G1[01-]{2}",
     "cu": r"[A-Za-z]{3}",
-    "ul": r"[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8}){0,3}",
+    "ul": r"(?!.*\d-\d)[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8}){0,3}",
     "tid": r"G-[A-Z0-9]{4,20}",
 }
+# Short gtag-internal tokens whose values are not documented: the shape, and then nothing
+# the personal-data scrubber finds (cheap on what gtag sends: letters, no long digit runs).
+SCANNED_TOKENS = dict.fromkeys("_eu _tu _z gaf dma_cps pscdl".split(), r"[A-Za-z0-9_~.-]{0,160}")
 CONSENT_FLAGS = frozenset("gcs gcd gcu gcut dma dma_cps pscdl".split())
 IDENTIFIERS = [
     "uid",
@@ -102,8 +112,12 @@ SCREEN_CLASSES = (
 )
 LARGEST_SCREEN = (3840, 2160)
 
-_EVENT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,39}$")
-_NUMBER = re.compile(r"^-?\d{1,15}(\.\d{1,6})?$")
+# GA's event-name shape; never a card's digit run or an IBAN after an underscore.
+_EVENT_NAME = re.compile(
+    r"^(?!.*\d{13})(?!.*(?<![A-Za-z0-9])[A-Za-z]{2}\d{2}[A-Za-z0-9]{11})[A-Za-z][A-Za-z0-9_]{0,39}$"
+)
+# No leading zero (a phone's trunk prefix) and at most 12 integer digits (no card number).
+_NUMBER = re.compile(r"^-?(?:0|[1-9]\d{0,11})(\.\d{1,6})?$")
 _SCREEN = re.compile(r"^(\d{2,5})x(\d{2,5})$")
 # A host name, never an IPv4 address: a page served at an address would forward one.
 _HOSTNAME = re.compile(r"^(?!.*\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3})[a-z0-9.-]{1,253}$")
@@ -204,9 +218,22 @@ def _page_path(urls: UrlScrubber) -> RuleFn:
     return path
 
 
-def _hostname(value: str, ctx: EventContext) -> str | None:
-    host = value.strip().lower()
-    return host if _HOSTNAME.match(host) else None
+def _hostname(pii: PiiScrubber) -> RuleFn:
+    def hostname(value: str, ctx: EventContext) -> str | None:
+        host = value.strip().lower()
+        return host if _HOSTNAME.match(host) and not pii.scrub(host)[1] else None
+
+    return hostname
+
+
+def _shaped_and_scanned(pattern: str, pii: PiiScrubber) -> RuleFn:
+    shape = _shaped(pattern)
+
+    def scanned(value: str, ctx: EventContext) -> str | None:
+        kept = shape(value, ctx)
+        return None if kept is None or pii.scrub(kept)[1] else kept
+
+    return scanned
 
 
 def _referrer(urls: UrlScrubber, internal_hosts: frozenset[str], keep_origin: bool) -> RuleFn:
@@ -299,9 +326,14 @@ def compile_policy(
 
     text = Rule("pii", Action.SCRUBBED, _scrub_text(pii, TEXT_LIMIT))
     table: dict[str, Rule] = {}
+    # The never-forwarded guarantee holds whatever detectors a site chose for its own text.
+    full = PiiScrubber()
     for name, pattern in SHAPES.items():
         kind = "consent_flag" if name in CONSENT_FLAGS else "technical"
         table[name] = Rule(kind, Action.DROPPED, _shaped(pattern))
+    for name, pattern in SCANNED_TOKENS.items():
+        kind = "consent_flag" if name in CONSENT_FLAGS else "technical"
+        table[name] = Rule(kind, Action.DROPPED, _shaped_and_scanned(pattern, full))
     table.update(dict.fromkeys(IDENTIFIERS, DROP_IDENTIFIER))
     table["en"] = Rule("event_name", Action.DROPPED, _event_name)
     table["cid"] = Rule("pseudonym", Action.REPLACED, _pseudonym)
@@ -310,7 +342,7 @@ def compile_policy(
     table["_dbg"] = Rule("debug", Action.DROPPED, _shaped("1") if privacy.forward_debug else None)
     table["dl"] = Rule("url", Action.GENERALISED, _page_url(urls))
     table["dp"] = Rule("url", Action.GENERALISED, _page_path(urls))
-    table["dh"] = Rule("hostname", Action.DROPPED, _hostname)
+    table["dh"] = Rule("hostname", Action.DROPPED, _hostname(full))
     table["dr"] = Rule("referrer", Action.GENERALISED, _referrer(urls, internal, balanced))
     table["dt"] = Rule("pii", Action.SCRUBBED, _scrub_text(pii, TITLE_LIMIT))
     table["sct"] = Rule("session_count", Action.DROPPED, _shaped(r"\d{1,6}") if balanced else None)
@@ -341,8 +373,10 @@ def compile_policy(
         "scrub": Rule("override", Action.SCRUBBED, text.fn),
     }
     for name, action in privacy.overrides.items():
-        if name in ("cid", "uid", "_uip", "npa", "tt") and action == "keep":
-            # The never-forwarded list of §2 is not a per-site choice.
-            raise ConfigError(f"privacy.overrides.{name}: cannot be kept")
+        if name in ("cid", "uid", "_uip", "npa", "tt") and action != "drop":
+            # The never-forwarded list of §2 is not a per-site choice; "scrub" would forward
+            # the original identifier (text scrubbing finds no personal data in an id).
+            done = {"keep": "kept", "scrub": "scrubbed"}[action]
+            raise ConfigError(f"privacy.overrides.{name}: cannot be {done}")
         table[name] = overrides[action]
     return Policy(privacy.profile, table, forced={"npa": "1"})

@@ -8,8 +8,8 @@ from urllib.parse import quote
 import pytest
 
 from proxy.beacon import parse
-from proxy.config import ConfigError, from_mapping
-from proxy.policy import Action, compile_policy
+from proxy.config import ConfigError, Privacy, from_mapping
+from proxy.policy import Action, EventContext, compile_policy
 from proxy.sanitize.sanitizer import Sanitizer
 
 TID = "G-TEST1234"
@@ -109,7 +109,8 @@ DROP_BOTH = [
 @pytest.mark.parametrize("profile", ["strict", "balanced"])
 @pytest.mark.parametrize("name", KEEP_BOTH)
 def test_technical_and_consent_parameters_are_kept(profile: str, name: str) -> None:
-    value = {"en": "page_view", "cu": "EUR", "gcs": "G111", "ul": "en-gb"}.get(name, "1")
+    value = {"en": "page_view", "cu": "EUR", "gcs": "G111", "ul": "en-gb",
+             "gtm": "45je4730v877985709z88933"}.get(name, "1")
     shared, _ = run(sanitizer(profile), {name: value})
     assert shared[name] == value
 
@@ -305,3 +306,49 @@ def test_body_lines_are_sanitised_like_the_query() -> None:
 def test_hostname_is_kept_only_when_not_an_address(value: str, sent: str | None) -> None:
     assert run(sanitizer(), {"dh": value})[0].get("dh") == sent
 
+
+
+# Values of a shape-checked field that a site could write there itself: by the scrubber's own
+# definitions each is a phone, card or IBAN number, and none may pass the shape.
+PERSONAL_IN_TECHNICAL = [
+    ("_c", "0100000000"),  # found by the property test: a trunk-0 phone in a flag
+    ("_et", "07700900123"),
+    ("_p", "4111111111111111"),  # a card where the page-load id goes
+    ("_p", "4222222222222"),  # 13 digits, Visa, Luhn-valid
+    ("sid", "07700900123"),
+    ("gtm", "4111111111111111"),
+    ("gtm", "v4111111111111111"),
+    ("gtm", "07700900123"),
+    ("tag_exp", "07700900123"),
+    ("tag_exp", "101509157~4111111111111111"),
+    ("ul", "en-12345-678901"),
+    ("en", "GB82WEST12345698765432"),
+    ("en", "click_4111111111111111"),
+    ("_z", "GB82WEST12345698765432"),
+    ("_z", "020.7946.0958"),
+    ("gaf", "jane@example.com"),
+    ("pscdl", "07700900123"),
+    ("dh", "gb82west12345698765432"),
+    ("dh", "020-7946-0958.example.com"),
+]
+
+
+@pytest.mark.parametrize(("name", "value"), PERSONAL_IN_TECHNICAL)
+@pytest.mark.parametrize("profile", ["strict", "balanced"])
+def test_no_personal_number_passes_a_technical_shape(name: str, value: str, profile: str) -> None:
+    from proxy.sanitize.pii import PiiScrubber
+
+    assert PiiScrubber().scrub(value)[1], "the case must be personal by the scrubber's rules"
+    fn = compile_policy(Privacy(profile=profile)).rule(name).fn
+    assert fn is not None
+    assert fn(value, EventContext("www.example.com", str)) is None
+
+
+def test_numbers_keep_their_shape_but_not_a_phone_or_card() -> None:
+    policy = compile_policy(Privacy(event_params=["price"]))
+    fn = policy.rule("epn.price").fn
+    assert fn is not None
+    ctx = EventContext("www.example.com", str)
+    assert [fn(v, ctx) for v in ("0", "12.5", "-3", "0.25", "123456789012")] == [
+        "0", "12.5", "-3", "0.25", "123456789012"]
+    assert [fn(v, ctx) for v in ("07700900123", "4111111111111111", "007")] == [None] * 3
