@@ -32,7 +32,7 @@ SHAPES: dict[str, str] = {
     **dict.fromkeys("_ee _c _ss _nsi seg ir frm are pae _fv gcu gcut dma rcb".split(), r"\d{1,3}"),
     # hit sequence, engagement and timing milliseconds
     **dict.fromkeys("_s _et tfd".split(), r"\d{1,9}"),
-    "_p": r"[1-9]\d{0,11}|1\d{12}",  # page-load id: a random number or epoch milliseconds
+    "_p": r"0|[1-9]\d{0,11}|1\d{12}",  # page-load id: a random number or epoch milliseconds
     "sid": r"[1-9]\d{0,9}",  # session start, epoch seconds
     "v": r"\d{1,2}",
     # tag build: digits and letters, as "45je4730v877985709z88933" (never all digits)
