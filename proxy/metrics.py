@@ -62,6 +62,10 @@ class Metrics:
         self.primary = primary
         self._refreshers: list[Callable[[], None]] = []
         self._parameter_counts: list[ParameterCounts] = []
+        # Per-beacon counts kept as plain integers until refresh(): cheaper than a Prometheus
+        # counter's lock (and file write across workers) on every beacon.
+        self._consent_counts: dict[tuple[str | None, str, str], int] = {}
+        self._level_counts: dict[str, int] = {}
         r, ns = self.registry, NAMESPACE
         self.received = Counter(
             "beacons_received", "Beacon requests received on /g/collect.", namespace=ns, registry=r
@@ -301,27 +305,40 @@ class Metrics:
         return child
 
     def consent(self, decision: ConsentVerdict) -> None:
-        """Count one decision of the consent gate. Source and reason are codes from the
-        configuration and the gate, so even an unforeseen pair keeps the labels bounded."""
-        reason = decision.reason
-        child = self._consent_children.get((decision.source, reason))
-        if child is None:
-            child = self._bind_consent(decision.source or NO_SOURCE, reason)
-        child.inc()
-        regime = decision.regime.value
-        child = self._regime_children.get((regime, reason))
-        if child is None:
-            child = self._regime_children[(regime, reason)] = self._regime.labels(regime, reason)
-        child.inc()
+        """Count one decision of the consent gate. Per beacon, so only a dict increment
+        here; ``refresh`` moves the counts into both counters."""
+        key = (decision.source, decision.reason, decision.regime.value)
+        self._consent_counts[key] = self._consent_counts.get(key, 0) + 1
 
     def location(self, level: str) -> None:
         """Count one accepted beacon's location level ("": nothing sent, not counted)."""
-        if not level:
-            return
-        child = self._levels.get(level)
-        if child is None:
-            child = self._levels[level] = self._location.labels(level)
-        child.inc()
+        if level:
+            self._level_counts[level] = self._level_counts.get(level, 0) + 1
+
+    def _move_counts(self) -> None:
+        # Source, reason, regime and level are codes from the configuration and the
+        # pipeline, so even an unforeseen one keeps the label sets bounded.
+        consent, self._consent_counts = self._consent_counts, {}
+        for (source, reason, regime), count in consent.items():
+            child = self._consent_children.get((source, reason))
+            if child is None:
+                child = self._bind_consent(source or NO_SOURCE, reason)
+            child.inc(count)
+            child = self._regime_children.get((regime, reason))
+            if child is None:
+                child = self._regime_children[(regime, reason)] = self._regime.labels(
+                    regime, reason
+                )
+            child.inc(count)
+        levels, self._level_counts = self._level_counts, {}
+        for level, count in levels.items():
+            child = self._levels.get(level)
+            if child is None:
+                child = self._levels[level] = self._location.labels(level)
+            child.inc(count)
+        for counts in self._parameter_counts:
+            for (rule, action), count in counts.take():
+                self._parameters.labels(rule, action).inc(count)
 
     def track_parameters(self, counts: ParameterCounts) -> None:
         """Move the sanitiser's counts into ``parameters_changed`` on every refresh."""
@@ -344,13 +361,11 @@ class Metrics:
             gauge.set_function(read)
 
     def refresh(self) -> None:
-        """Update values that are sampled rather than counted, and move counts kept outside
-        Prometheus in (called once a second, at shutdown and, in one process, per scrape)."""
+        """Update values that are sampled rather than counted, and move in the counts kept
+        outside Prometheus (called once a second, at shutdown, and at every scrape)."""
         for refresh in self._refreshers:
             refresh()
-        for counts in self._parameter_counts:
-            for (rule, action), count in counts.take():
-                self._parameters.labels(rule, action).inc(count)
+        self._move_counts()
 
     def exposition(self) -> bytes:
         # Exact at scrape time for this process; other workers' within a second.

@@ -200,11 +200,18 @@ def two_workers(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, list[dic
                                          data=b"", headers=headers)
             with urllib.request.urlopen(req, timeout=5) as resp:
                 assert resp.status == 204
-        replaced = 'analytics_proxy_parameters_changed_total{action="replaced",rule="pseudonym"}'
-        for _ in range(100):  # bounded: each worker moves its parameter counts once a second
+        deferred = {  # counted in plain integers, moved by each worker once a second
+            'analytics_proxy_parameters_changed_total{action="replaced",rule="pseudonym"}':
+                WORKER_CONSENTED,
+            'analytics_proxy_consent_decisions_total{source="none",verdict="no_consent"}':
+                WORKER_BEACONS,
+            'analytics_proxy_consent_decisions_total{source="bridge",verdict="granted"}':
+                WORKER_CONSENTED,
+        }
+        for _ in range(100):  # bounded wait for the workers' next move
             with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5) as resp:
                 text = resp.read().decode()
-            if metric_value(text, replaced) == WORKER_CONSENTED:
+            if all(metric_value(text, k) == v for k, v in deferred.items()):
                 break
             time.sleep(0.1)
     finally:
