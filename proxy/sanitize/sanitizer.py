@@ -88,7 +88,7 @@ class Sanitized:
 
 
 class Sanitizer:
-    """Stateless once built; ``sanitize`` reads only the compiled table."""
+    """``sanitize`` reads only the compiled table; its one state is what it counted."""
 
     def __init__(self, policy: Policy) -> None:
         self._policy = policy
