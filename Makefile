@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 CONFIG ?= config/proxy.yaml
 
-.PHONY: run test lint typecheck bench clean
+.PHONY: run test lint typecheck bench bench-geo clean
 
 $(BIN)/analytics-proxy: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ typecheck: $(VENV)/.test-deps
 # Throughput against a naive pass-through baseline; needs wrk (apt-get install wrk).
 bench: $(VENV)/.test-deps
 	$(BIN)/python bench/run.py
+
+# What placing a visitor costs per beacon (geo lookup + location mode), GeoLite2 City.
+bench-geo: $(VENV)/.test-deps
+	$(BIN)/python bench/location.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,4 +1,5 @@
-"""``analytics-proxy``: ``serve`` the proxy, ``explain`` what it does to a beacon."""
+"""``analytics-proxy``: ``serve`` the proxy, ``explain`` what it does to a beacon, ``audit
+tail`` what it did."""
 
 from __future__ import annotations
 
@@ -103,6 +104,15 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit_tail(args: argparse.Namespace) -> int:
+    from proxy.audit import tail
+
+    config = _load_config(args.config)
+    if args.limit < 1:
+        raise SystemExit("audit tail: --limit must be at least 1")
+    return tail(config, url=args.url, follow=args.follow, limit=args.limit, as_json=args.json)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="analytics-proxy", description=__doc__)
     parser.add_argument("--version", action="version", version=__version__)
@@ -126,6 +136,18 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--jsonl", metavar="FILE", help="many beacons, one JSON object a line")
     explain.add_argument("--har", metavar="FILE", help="every /g/collect request of a HAR file")
     explain.set_defaults(func=_explain)
+    audit = sub.add_parser("audit", help="the privacy audit trail")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    tail = audit_sub.add_parser(
+        "tail", help="print recent audit records (Redis stream, else the admin port's ring)"
+    )
+    tail.add_argument("--config", help=f"YAML file (default {DEFAULT_CONFIG_PATH})")
+    tail.add_argument("--follow", "-f", action="store_true", help="keep printing new records")
+    tail.add_argument("--limit", "-n", type=int, default=20, help="records shown first (20)")
+    tail.add_argument("--json", action="store_true", help="one JSON object per record")
+    tail.add_argument("--url", help="admin address of a running proxy (default from config); "
+                      "read it instead of the Redis stream")
+    tail.set_defaults(func=_audit_tail)
     return parser
 
 

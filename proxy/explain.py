@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from proxy.client import parse_address
 from proxy.config import DRY_RUN, EU_ENDPOINT, Config
 from proxy.geo import GeoDatabase
+from proxy.geo_index import Representatives, load_or_build
 from proxy.pipeline import IncomingRequest, Outcome, Pipeline
 from proxy.policy import Action
 from proxy.pseudonym import Pseudonymizer
@@ -94,10 +95,16 @@ class Explainer:
     def __init__(self, config: Config) -> None:
         pseudo = config.privacy.pseudonym
         geo = GeoDatabase(config.geo.database) if config.geo.database else None
+        self._location = config.privacy.location
+        representatives = None
+        if geo is not None and self._location.mode in ("country", "mesh"):
+            # Built once per database version and cached (the first time takes seconds).
+            representatives = Representatives(load_or_build(geo.path, config.geo.index_cache))
         self._pipeline = Pipeline(
             config,
             Pseudonymizer(MemoryState(), bits=pseudo.bits, rotation=pseudo.rotation_seconds),
             geo=geo,
+            representatives=representatives,
         )
         self._upstream = EU_ENDPOINT if config.upstream.url == DRY_RUN else config.upstream.url
 
@@ -126,6 +133,7 @@ class Explainer:
                 else None
             ),
             "consent": {name: v.value for name, v in consent.verdicts} if consent else {},
+            "location": self._located(outcome),
             "forwarded": forwarded,
             "changes": [
                 {
@@ -140,6 +148,28 @@ class Explainer:
                 for c in outcome.changes
             ],
         }
+
+    def _located(self, outcome: Outcome) -> dict[str, Any] | None:
+        """Where the forwarded hit places the visitor, and why not finer."""
+        if not outcome.forward:
+            return None
+        mode, level = self._location.mode, outcome.location_level
+        sent = next(
+            (c.after for c in outcome.changes if c.param == "_uip" and c.scope == "query"), None
+        )
+        if mode == "mesh" and level != "city":
+            why = f"finer cells have fewer than k={self._location.k} visitors in this run"
+            if level == "omitted":
+                why = f"every cell has fewer than k={self._location.k} visitors in this run"
+        elif mode in ("country", "mesh") and level == "omitted":
+            why = "no country found for the address"
+        else:
+            why = {
+                "omit": "location mode omit",
+                "truncated": f"the network part only, IPv4 /{self._location.ipv4_prefix} "
+                f"or IPv6 /{self._location.ipv6_prefix}",
+            }.get(mode, "the cell's representative address, the same for all its visitors")
+        return {"mode": mode, "level": level, "sent": sent, "why": why}
 
     def to_text(self, outcome: Outcome, color: bool = False) -> str:
         return "\n".join(_text_lines(self.to_json(outcome), color))
@@ -180,6 +210,10 @@ def _text_lines(result: dict[str, Any], color: bool) -> Iterable[str]:
     if result["consent"]:
         readings = "  ".join(f"{k}={v}" for k, v in result["consent"].items() if v != "abstain")
         yield f"  consent signals: {readings or 'none (every source abstained)'}"
+    located = result.get("location")
+    if located:
+        sent = located["sent"] or "nothing"
+        yield f"  location sent: {sent} ({located['level']}: {located['why']})"
     fwd = result["forwarded"]
     if fwd:
         yield ""

@@ -1,6 +1,7 @@
 """The visitor's place, looked up at the proxy in a MaxMind DB (GeoLite2/GeoIP2 Country or
 City, or any MMDB with the same record shape). The address never leaves the proxy; only the
-place (country, first-level subdivision) goes on, to choose the consent regime.
+place (country, first-level subdivision, city) goes on, to choose the consent regime and
+the location cell (proxy/geo_index.py).
 
 Opened with the C extension (``MODE_MMAP_EXT``) when it is available; reloaded without a
 restart when the file is replaced, as geoipupdate does.
@@ -12,6 +13,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,7 @@ class Place:
 
     country: str | None = None  # ISO 3166-1 alpha-2
     region: str | None = None  # first-level subdivision code within the country, e.g. "CA"
+    city: int | None = None  # GeoNames id, with a City database (location mode mesh)
 
 
 UNKNOWN = Place()
@@ -58,7 +61,8 @@ def _place(record: Any) -> Place:
     country = (record.get("country") or {}).get("iso_code")
     subdivisions = record.get("subdivisions") or ()
     region = subdivisions[0].get("iso_code") if subdivisions else None
-    return Place(country, region)
+    city = (record.get("city") or {}).get("geoname_id")
+    return Place(country, region, city if isinstance(city, int) else None)
 
 
 class GeoDatabase:
@@ -131,10 +135,19 @@ class GeoDatabase:
         log.info("geo database reloaded", extra={"mode": mode})
         return True
 
-    async def watch(self, interval: float = RELOAD_CHECK) -> None:
+    async def watch(
+        self,
+        interval: float = RELOAD_CHECK,
+        on_reload: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         while True:
             await asyncio.sleep(interval)
-            self.reload_if_replaced()
+            if self.reload_if_replaced() and on_reload is not None:
+                await on_reload()
+
+    @property
+    def path(self) -> str:
+        return str(self._path)
 
     def age(self) -> float:
         return max(0.0, time.time() - self.built_at)

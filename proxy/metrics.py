@@ -275,6 +275,18 @@ class Metrics:
             registry=r,
         )
 
+        # The privacy audit trail (proxy/audit.py): records stored, or dropped because the
+        # writer's queue was full or Redis unreachable. Never waited for by a beacon.
+        self.audit_records = Counter(
+            "audit_records",
+            "Audit trail records, by outcome: written, or dropped (queue full, store down).",
+            ["outcome"],
+            namespace=ns,
+            registry=r,
+        )
+        for outcome in ("written", "dropped"):
+            self.audit_records.labels(outcome)
+
     def init_drop_reasons(self, reasons: Iterable[str]) -> None:
         """Expose every reason a beacon can be dropped for (proxy.pipeline.DROP_REASONS)."""
         for reason in reasons:

@@ -8,6 +8,7 @@ Fail closed: any exception drops the beacon with a counted reason, and nothing b
 from __future__ import annotations
 
 import functools
+import ipaddress
 import logging
 import time
 from collections.abc import Callable
@@ -20,6 +21,8 @@ from proxy.consent.gate import ConsentGate, ConsentVerdict
 from proxy.consent.verdict import ConsentInput
 from proxy.cookies import parse_cookie_header
 from proxy.geo import GeoDatabase, Place
+from proxy.geo_index import Representatives
+from proxy.mesh import CellCounter, MemoryCellCounter
 from proxy.policy import compile_policy
 from proxy.pseudonym import Pseudonymizer
 from proxy.ratelimit import RateLimiter
@@ -92,6 +95,7 @@ class Outcome:
     outbound: OutboundRequest | None = None
     events: int = 0
     changes: tuple[Change, ...] = field(default=())
+    tid: str = ""  # the beacon's measurement id, once parsed (checked against the config)
     # Where the outbound hit places the visitor: city | region | country (the cell's
     # representative address), truncated, or omitted; "" when nothing was forwarded.
     location_level: str = ""
@@ -107,7 +111,7 @@ def check_compiles(config: Config) -> None:
     try:
         ConsentGate(config.consent)
         compile_policy(config.privacy, config.allowed_origins)
-        compile_location(config.privacy.location)
+        compile_location(config.privacy.location, Representatives(), MemoryCellCounter(2, 1))
         if config.geo.database:
             GeoDatabase(config.geo.database).close()
     except ConfigError:
@@ -126,14 +130,26 @@ class Pipeline:
         clock: Callable[[], float] = time.time,
         limiter: RateLimiter | None = None,
         geo: GeoDatabase | None = None,
+        representatives: Representatives | None = None,
+        cells: CellCounter | None = None,
     ) -> None:
         privacy = config.privacy
+        location = privacy.location
         self._tids = frozenset(config.measurement_ids)
         self._origins = frozenset(config.allowed_origins)
         self._gate = ConsentGate(config.consent)
         self._regimes = RegimeMap(config.consent.regimes.opt_in, config.consent.regimes.opt_out)
         self._sanitizer = Sanitizer(compile_policy(privacy, config.allowed_origins))
-        self._location = compile_location(privacy.location)
+        if location.mode == "mesh" and cells is None:
+            cells = MemoryCellCounter(location.k, location.window_seconds)
+        self._location = compile_location(
+            location, Representatives() if representatives is None else representatives, cells
+        )
+        self._needs_member = location.mode == "mesh"
+        self._internal = tuple(
+            ipaddress.ip_network(net, strict=False) for net in config.internal_traffic.networks
+        )
+        self._traffic_type = config.internal_traffic.traffic_type
         self._agents = UserAgentGeneraliser()
         self._pseudonymizer = pseudonymizer
         self._cookieless = privacy.pseudonym.cookieless
@@ -162,22 +178,22 @@ class Pipeline:
             return _drop("too_large" if code == "too_large" else "malformed", code)
         events = beacon.events()
         if request.origin and self._origins and request.origin not in self._origins:
-            return _drop("bad_origin", events=len(events))
+            return _drop("bad_origin", events=len(events), tid=beacon.tid)
         if beacon.tid not in self._tids:
-            return _drop("unknown_tid", events=len(events))
+            return _drop("unknown_tid", events=len(events), tid=beacon.tid)
         agent = self._agents.generalise(request.user_agent)
         if agent.is_bot:
-            return _drop("bot", events=len(events))
+            return _drop("bot", events=len(events), tid=beacon.tid)
 
         try:
             key = await self._pseudonymizer.current()
         except Exception:
             log.warning("no salt available", extra={"reason": "pseudonym_unavailable"})
-            return _drop("pseudonym_unavailable", events=len(events))
+            return _drop("pseudonym_unavailable", events=len(events), tid=beacon.tid)
         if self._limiter is not None and request.client_ip is not None:
             network = truncate(request.client_ip, *self._prefixes)
             if not self._limiter.allow(RateLimiter.network_key(network, key.salt)):
-                return _drop("rate_limited", events=len(events))
+                return _drop("rate_limited", events=len(events), tid=beacon.tid)
 
         if request.country is None and self._geo is not None:
             place = self._geo.lookup(request.client_ip)
@@ -192,25 +208,41 @@ class Pipeline:
         )
         if not consent.forward:
             return _drop(
-                consent.reason, regime=regime, place=place, consent=consent, events=len(events)
+                consent.reason,
+                regime=regime,
+                place=place,
+                consent=consent,
+                events=len(events),
+                tid=beacon.tid,
             )
 
         cid = beacon.shared.get("cid")
         if not cid and any(not e.get("cid") for e in events):
             if not self._cookieless or request.client_ip is None:
-                return _drop("no_client_id", regime=regime, consent=consent, events=len(events))
+                return _drop(
+                    "no_client_id",
+                    regime=regime,
+                    consent=consent,
+                    events=len(events),
+                    tid=beacon.tid,
+                )
             # Cookieless: a stand-in id from the network and the generalised browser only.
             cid = f"cookieless|{truncate(request.client_ip)}|{agent.user_agent}"
             beacon.shared["cid"] = cid
         pseudonymize = functools.partial(self._pseudonymizer.pseudonym, key, beacon.tid)
 
-        location = self._location(request.client_ip)
-        extra = {"_uip": location} if location else None
+        # The address's last uses, before it is discarded: the location and internal traffic.
+        member = pseudonymize(cid or events[0]["cid"]) if self._needs_member else ""
+        location, level = self._location(request.client_ip, place, member)
+        extra = {"_uip": location} if location else {}
+        address = request.client_ip
+        if address is not None and any(address in net for net in self._internal):
+            extra["tt"] = self._traffic_type
         try:
             clean = self._sanitizer.sanitize(beacon, pseudonymize, extra, trace=trace)
         except Exception:
             log.error("sanitiser error", extra={"reason": "sanitize_error"})
-            return _drop("sanitize_error", regime=regime, consent=consent)
+            return _drop("sanitize_error", regime=regime, consent=consent, tid=beacon.tid)
         outbound = OutboundRequest(
             encode_sanitised(clean.shared),
             "\n".join(encode_sanitised(line) for line in clean.lines),
@@ -225,4 +257,6 @@ class Pipeline:
             outbound=outbound,
             events=len(events),
             changes=clean.changes,
+            location_level=level,
+            tid=beacon.tid,
         )

@@ -1,5 +1,5 @@
 """The aiohttp applications: public (``/g/collect``, ``/healthz``, ``/readyz``) and admin
-(``/metrics``). ``init_app`` reads as a recipe; long-lived resources live in cleanup
+(``/metrics``, ``/audit``). ``init_app`` reads as a recipe; long-lived resources live in cleanup
 contexts under typed keys, opened once and closed once.
 
 Shutdown (``run``, on SIGTERM): readiness turns false first while serving goes on for
@@ -23,12 +23,15 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from proxy.audit import AuditTrail, AuditUnavailable, make_audit, parse_page
 from proxy.beacon import MAX_BODY
 from proxy.client import ClientAddressResolver
 from proxy.config import Config
 from proxy.consent.registry import source_type
 from proxy.forward import HttpSender, Outbox, Sender, StdoutSender
 from proxy.geo import GeoDatabase
+from proxy.geo_index import Representatives
+from proxy.mesh import MemoryCellCounter, RedisCellCounter
 from proxy.metrics import Metrics
 from proxy.pipeline import DROP_REASONS, IncomingRequest, Pipeline
 from proxy.pseudonym import Pseudonymizer
@@ -46,6 +49,7 @@ OUTBOX = web.AppKey("outbox", Outbox)
 RESOLVER = web.AppKey("resolver", ClientAddressResolver)
 READY = web.AppKey("ready", asyncio.Event)  # set while the upstream sender is open
 SPILL: web.AppKey[Spill] = web.AppKey("spill")
+AUDIT = web.AppKey("audit", AuditTrail)
 
 
 @dataclass
@@ -67,9 +71,13 @@ CORS_METHODS = "GET, POST, OPTIONS"
 
 
 def init_app(
-    config: Config, metrics: Metrics | None = None, sender: Sender | None = None
+    config: Config,
+    metrics: Metrics | None = None,
+    sender: Sender | None = None,
+    audit: AuditTrail | None = None,
 ) -> web.Application:
-    """The public application. ``sender`` replaces the configured upstream (tests, explain)."""
+    """The public application. ``sender`` replaces the configured upstream (tests, explain);
+    ``audit`` is shared with the admin application, which serves it."""
     app = web.Application(
         client_max_size=MAX_BODY, handler_args={"access_log": None}, middlewares=[_never_500]
     )
@@ -78,6 +86,8 @@ def init_app(
     app[RESOLVER] = ClientAddressResolver(config.trusted_proxies)
     app[READY] = asyncio.Event()
     app[HEALTH] = Health()
+    app[AUDIT] = audit if audit is not None else make_audit(config, app[METRICS])
+    app.cleanup_ctx.append(_audit_ctx)  # first in, last out: records to the very end
     app.cleanup_ctx.append(_pipeline_ctx)
     app.cleanup_ctx.append(_spill_ctx)
     app.cleanup_ctx.append(_outbox_ctx(sender))
@@ -89,10 +99,15 @@ def init_app(
     return app
 
 
-def init_admin_app(config: Config, metrics: Metrics) -> web.Application:
+def init_admin_app(
+    config: Config, metrics: Metrics, audit: AuditTrail | None = None
+) -> web.Application:
     app = web.Application(middlewares=[_admin_auth(config.admin.token)])
     app[METRICS] = metrics
     app.router.add_get("/metrics", metrics_handler)
+    if audit is not None:
+        app[AUDIT] = audit
+        app.router.add_get("/audit", audit_handler)
     return app
 
 
@@ -124,6 +139,13 @@ def make_limiter(config: Config, state: SaltStore) -> RateLimiter | None:
     return RateLimiter(limit.per_network, limit.window_seconds, store)
 
 
+async def _audit_ctx(app: web.Application) -> AsyncIterator[None]:
+    audit = app[AUDIT]
+    await audit.start()
+    yield
+    await audit.close()
+
+
 async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
     config, metrics = app[CONFIG], app[METRICS]
     state = make_state(config)
@@ -134,23 +156,55 @@ async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
     metrics.sample(metrics.salt_age, pseudonymizer.salt_age)
     limiter = make_limiter(config, state)
     geo = GeoDatabase(config.geo.database) if config.geo.database else None
-    app[PIPELINE] = Pipeline(config, pseudonymizer, limiter=limiter, geo=geo)
+    location = config.privacy.location
+    representatives = cells = None
+    if geo is not None and location.mode in ("country", "mesh"):
+        representatives = Representatives()
+    if location.mode == "mesh":
+        client = getattr(state, "client", None)
+        cells = (
+            RedisCellCounter(client, location.k, location.window_seconds)
+            if client is not None
+            else MemoryCellCounter(location.k, location.window_seconds)
+        )
+    app[PIPELINE] = Pipeline(
+        config,
+        pseudonymizer,
+        limiter=limiter,
+        geo=geo,
+        representatives=representatives,
+        cells=cells,
+    )
     metrics.track_parameters(app[PIPELINE].sanitizer.counts)
     metrics.init_consent(source_type(options) for options in config.consent.sources)
     metrics.init_drop_reasons(DROP_REASONS)
     metrics.salt_rotation.set(pseudo.rotation_seconds)
-    sync = asyncio.create_task(limiter.run(), name="rate-limit") if limiter else None
-    watch = asyncio.create_task(geo.watch(), name="geo-reload") if geo else None
+    tasks = []
+    if limiter is not None:
+        tasks.append(asyncio.create_task(limiter.run(), name="rate-limit"))
+    if isinstance(cells, RedisCellCounter):
+        tasks.append(asyncio.create_task(cells.run(), name="mesh-counts"))
+    if geo is not None:
+        rebuild = None
+        if representatives is not None:
+            # Built in a child process and cached per database version: until it is ready
+            # the location is omitted, never the visitor's own address.
+            reps = representatives
+
+            async def rebuild() -> None:
+                await reps.build(geo.path, config.geo.index_cache)
+
+            tasks.append(asyncio.create_task(rebuild(), name="geo-index"))
+        tasks.append(asyncio.create_task(geo.watch(on_reload=rebuild), name="geo-reload"))
     if geo is not None:
         metrics.sample(metrics.geo_age, geo.age)
     # The first beacon should not be the one to create a salt. Never raises: an unreachable
     # store means a local salt, and serving goes on.
     await pseudonymizer.current()
     yield
-    for task in (sync, watch):
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+    for task in tasks:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
     if geo is not None:
         geo.close()
     await pseudonymizer.close()
@@ -275,6 +329,7 @@ async def _never_500(request: web.Request, handler: Handler) -> web.StreamRespon
     except Exception:
         log.exception("request handler error", extra={"reason": "internal_error"})
         request.app[METRICS].drop("internal_error")
+        request.app[AUDIT].observe_drop("internal_error", request.rel_url.raw_query_string)
         return web.Response(status=503, headers={"Cache-Control": "no-store"})
 
 
@@ -290,13 +345,14 @@ def _cors(request: web.Request) -> dict[str, str]:
 
 
 async def collect(request: web.Request) -> web.Response:
-    metrics = request.app[METRICS]
+    metrics, audit = request.app[METRICS], request.app[AUDIT]
     metrics.received.inc()
     headers = {"Cache-Control": "no-store", **_cors(request)}
     try:
         body = await request.read() if request.method == "POST" else b""
     except web.HTTPRequestEntityTooLarge:
         metrics.drop("too_large")
+        audit.observe_drop("too_large", request.rel_url.raw_query_string)
         return web.Response(status=413, headers=headers)
     h = request.headers
     incoming = IncomingRequest(
@@ -309,16 +365,21 @@ async def collect(request: web.Request) -> web.Response:
         client_ip=request.app[RESOLVER].resolve(request.remote, h.get("X-Forwarded-For")),
         origin=h.get("Origin"),
     )
-    outcome = await request.app[PIPELINE].process(incoming)
+    # Per-parameter changes are traced only for the audit's sample: tracing costs.
+    sampled = audit.sample()
+    outcome = await request.app[PIPELINE].process(incoming, trace=sampled)
     metrics.events.inc(outcome.events)
     if outcome.consent is not None:
         metrics.consent(outcome.consent)
+    held = True
     if outcome.outbound is not None:
-        if await request.app[OUTBOX].put(outcome.outbound):
+        held = await request.app[OUTBOX].put(outcome.outbound)
+        if held:
             metrics.accepted.labels(outcome.reason).inc()
             metrics.location(outcome.location_level)
     else:
         metrics.drop(outcome.reason)
+    audit.observe(outcome, incoming.query, sampled=sampled, lost=not held)
     # The answer never waits for Google and never sets a cookie.
     return web.Response(status=STATUS_OF.get(outcome.reason, 204), headers=headers)
 
@@ -360,6 +421,21 @@ def not_ready_reason(app: web.Application) -> str | None:
     return None
 
 
+async def audit_handler(request: web.Request) -> web.Response:
+    """``GET /audit?limit=N&after=<id>``: records oldest first, as ``audit tail`` reads them."""
+    trail = request.app[AUDIT]
+    try:
+        limit, after = parse_page(request.query, trail)
+    except ValueError as exc:
+        return web.Response(status=400, text=f"{exc}\n")
+    try:
+        records = await (trail.after(after, limit) if after else trail.recent(limit))
+    except AuditUnavailable as exc:
+        return web.Response(status=503, text=f"{exc}\n")
+    body = {"storage": trail.storage, "newest": trail.newest_id(), "records": records}
+    return web.json_response(body, headers={"Cache-Control": "no-store"})
+
+
 async def metrics_handler(request: web.Request) -> web.Response:
     body = request.app[METRICS].exposition()
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
@@ -389,10 +465,11 @@ async def run(
     """Serve until SIGTERM/SIGINT, then shut down gracefully. With ``--workers`` every
     worker shares the public port (``reuse_port``) and only one serves the admin port."""
     metrics = Metrics(primary=serve_admin)  # worker 0 reports the shared outbox
-    app = init_app(config, metrics, sender)
+    audit = make_audit(config, metrics)
+    app = init_app(config, metrics, sender, audit)
     runners = [web.AppRunner(app, access_log=None)]
     if serve_admin:
-        runners.append(web.AppRunner(init_admin_app(config, metrics), access_log=None))
+        runners.append(web.AppRunner(init_admin_app(config, metrics, audit), access_log=None))
     for runner in runners:
         await runner.setup()
     sites = [

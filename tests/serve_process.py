@@ -14,16 +14,18 @@ from tests.redis_server import free_port
 ROOT = Path(__file__).parent.parent
 
 
-def start_serve(tmp_path: Path, name: str, extra_yaml: str,
-                *args: str) -> tuple[subprocess.Popen[str], int, int]:
+def start_serve(
+    tmp_path: Path, name: str, extra_yaml: str, *args: str, admin_token: str | None = None
+) -> tuple[subprocess.Popen[str], int, int]:
     """Write a config on two free loopback ports plus ``extra_yaml`` and start serving it.
 
     Returns the process, the public port and the admin port.
     """
     port, admin = free_port(), free_port()
     config = tmp_path / f"{name}.yaml"
+    token = f", token: {admin_token}" if admin_token else ""
     config.write_text(f"listen: {{host: 127.0.0.1, port: {port}}}\n"
-                      f"admin: {{host: 127.0.0.1, port: {admin}}}\n" + extra_yaml)
+                      f"admin: {{host: 127.0.0.1, port: {admin}{token}}}\n" + extra_yaml)
     # The file alone decides: no override from the environment running the tests.
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANALYTICS_PROXY_")}
     proc = subprocess.Popen(

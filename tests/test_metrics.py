@@ -5,7 +5,6 @@ promtool accepts and whose labels are codes only."""
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import re
 import subprocess
 from collections import Counter
@@ -31,10 +30,11 @@ from proxy.metrics import (
     STATUS_CLASSES,
     Metrics,
 )
-from proxy.pipeline import DROP_REASONS, IncomingRequest, Pipeline
+from proxy.pipeline import DROP_REASONS
 from proxy.policy import Action, compile_policy
+from proxy.sanitize import location
 from proxy.sanitize.sanitizer import COUNTED, UNLISTED_CACHE, Sanitizer
-from proxy.server import PIPELINE, init_admin_app, init_app
+from proxy.server import init_admin_app, init_app
 from tests.capture import Capture
 from tests.conftest import GA4_HITS
 
@@ -210,28 +210,27 @@ def test_every_consent_pair_a_configuration_can_produce_is_exposed_from_the_star
                           regime=regime, verdict=verdict) == 0
 
 
+@pytest.mark.parametrize(("mode", "level"), [("truncated", "truncated"), ("omit", "omitted")])
 async def test_the_location_level_of_each_accepted_beacon_is_counted(
-    aiohttp_client: Clients, capture: tuple[Capture, str]
+    aiohttp_client: Clients, capture: tuple[Capture, str], mode: str, level: str
 ) -> None:
     cap, url = capture
     metrics = Metrics()
-    app = init_app(config(url), metrics)
-    client = await aiohttp_client(app)
+    cfg = config(url, privacy={"location": {"mode": mode}})
+    client = await aiohttp_client(init_app(cfg, metrics))
     for hit in FORWARDABLE:
         assert await post(client, hit, Cookie=GRANTED, **{"X-Forwarded-For": US_ADDRESS}) == 204
+    assert await post(client, FORWARDABLE[0]) == 204  # no consent: nothing sent, not counted
     await cap.wait_for(len(FORWARDABLE))
     metrics.exposition()
-    # The level is the pipeline's to choose (the location mode); the server counts it.
-    pipeline: Pipeline = app[PIPELINE]
-    levels: Counter[str] = Counter()
-    for hit in FORWARDABLE:
-        outcome = await pipeline.process(IncomingRequest(
-            urlsplit(hit["url"]).query, hit["body"].encode(), cookie=GRANTED,
-            user_agent=CHROME, client_ip=ipaddress.ip_address(US_ADDRESS)))
-        levels[outcome.location_level] += 1
-    for level in LOCATION_LEVELS:
-        assert sample(metrics, "analytics_proxy_location_level_total", level=level) == \
-            levels[level]
+    counts = {name: sample(metrics, "analytics_proxy_location_level_total", level=name)
+              for name in LOCATION_LEVELS}
+    assert counts == {name: len(FORWARDABLE) if name == level else 0
+                      for name in LOCATION_LEVELS}
+
+
+def test_the_levels_exposed_are_the_location_modes_levels() -> None:
+    assert LOCATION_LEVELS == location.LEVELS
 
 
 def test_location_levels_are_fixed_codes() -> None:
@@ -338,6 +337,7 @@ async def test_every_label_value_is_a_code_from_a_fixed_set(
         "rule": rules,
         "action": {a.value for a in COUNTED},
         "status_class": set(STATUS_CLASSES),
+        "outcome": {"written", "dropped"},  # audit records
     }
     seen: set[str] = set()
     for family in text_string_to_metric_families(text):
