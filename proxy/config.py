@@ -372,6 +372,9 @@ def validate(config: Config) -> None:
             "consent.sources: at least one source, or no beacon is ever forwarded "
             "outside opt-out regions"
         )
+    if config.admin.token is not None and not config.admin.token.strip():
+        # An empty token would leave the admin port open wherever it listens.
+        raise ConfigError("admin.token: must not be empty (unset it on a loopback address)")
     if config.admin.token is None and not _is_loopback(config.admin.host):
         raise ConfigError(
             "admin.host: a non-loopback admin address needs a token (ANALYTICS_PROXY_ADMIN_TOKEN)"

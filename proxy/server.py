@@ -1,6 +1,6 @@
 """The aiohttp applications: public (``/g/collect``, ``/healthz``, ``/readyz``) and admin
-(``/metrics``, ``/audit``). ``init_app`` reads as a recipe; long-lived resources live in cleanup
-contexts under typed keys, opened once and closed once.
+(``/metrics``, ``/audit``, ``/dashboard/``). ``init_app`` reads as a recipe; long-lived
+resources live in cleanup contexts under typed keys, opened once and closed once.
 
 Shutdown (``run``, on SIGTERM): readiness turns false first while serving goes on for
 ``upstream.shutdown_grace``; then the listening sockets close, requests in progress finish,
@@ -10,6 +10,8 @@ rest to the durable outbox (Redis) for another replica to deliver."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import hmac
 import logging
 import signal
@@ -18,16 +20,19 @@ from dataclasses import dataclass
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
+from multidict import CIMultiDict
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from proxy import dashboard
 from proxy.audit import AuditTrail, AuditUnavailable, make_audit, parse_page
 from proxy.beacon import MAX_BODY
 from proxy.client import ClientAddressResolver
 from proxy.config import Config
 from proxy.consent.registry import source_type
+from proxy.dashboard import RecentAudit, no_audit
 from proxy.forward import HttpSender, Outbox, Sender, StdoutSender
 from proxy.geo import GeoDatabase
 from proxy.geo_index import Representatives
@@ -68,6 +73,7 @@ REDIS_POOL_SIZE = 16  # connections per process for the outbox; callers wait for
 REDIS_TIMEOUT = 2.0  # seconds for a connection, a free pool slot or an answer
 STATUS_OF = {"malformed": 400, "too_large": 413}
 CORS_METHODS = "GET, POST, OPTIONS"
+ADMIN_REALM = "analytics-proxy"
 
 
 def init_app(
@@ -100,14 +106,22 @@ def init_app(
 
 
 def init_admin_app(
-    config: Config, metrics: Metrics, audit: AuditTrail | None = None
+    config: Config,
+    metrics: Metrics,
+    audit: AuditTrail | None = None,
+    recent_audit: RecentAudit | None = None,
 ) -> web.Application:
+    """The admin application: /metrics, /audit and the dashboard, behind the admin token.
+    The dashboard shows ``recent_audit`` (default: the audit trail's recent records)."""
     app = web.Application(middlewares=[_admin_auth(config.admin.token)])
     app[METRICS] = metrics
     app.router.add_get("/metrics", metrics_handler)
     if audit is not None:
         app[AUDIT] = audit
         app.router.add_get("/audit", audit_handler)
+    if recent_audit is None:
+        recent_audit = audit.recent if audit is not None else no_audit
+    dashboard.register(app, config, metrics, recent_audit)
     return app
 
 
@@ -442,17 +456,41 @@ async def metrics_handler(request: web.Request) -> web.Response:
 
 
 def _admin_auth(token: str | None) -> Middleware:
-    expected = f"Bearer {token}".encode() if token else None
+    """The admin token, as ``Authorization: Bearer <token>`` (scrapers) or as the password
+    of HTTP Basic auth with any user name (a browser's login prompt). No token: open, which
+    config validation allows on a loopback address only."""
+    expected = token.encode() if token else None
+    challenge = CIMultiDict(
+        [("WWW-Authenticate", f'Basic realm="{ADMIN_REALM}"'),
+         ("WWW-Authenticate", f'Bearer realm="{ADMIN_REALM}"')]
+    )
 
     @web.middleware
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
         if expected is not None:
-            given = request.headers.get("Authorization", "").encode()
+            given = _admin_credential(request.headers.get("Authorization", ""))
             if not hmac.compare_digest(given, expected):
-                return web.Response(status=401, headers={"WWW-Authenticate": "Bearer"})
+                return web.Response(
+                    status=401, text="401: the admin token is required\n", headers=challenge
+                )
         return await handler(request)
 
     return auth
+
+
+def _admin_credential(header: str) -> bytes:
+    """The token an Authorization header carries, or b"" (never a match)."""
+    scheme, _, value = header.strip().partition(" ")
+    scheme = scheme.lower()
+    if scheme == "bearer":
+        return value.strip().encode()
+    if scheme == "basic":
+        try:
+            decoded = base64.b64decode(value.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            return b""
+        return decoded.partition(b":")[2]  # any user name; the password is the token
+    return b""
 
 
 async def run(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -22,6 +23,7 @@ def start_serve(
     Returns the process, the public port and the admin port.
     """
     port, admin = free_port(), free_port()
+    token = f", token: {json.dumps(admin_token)}" if admin_token else ""
     config = tmp_path / f"{name}.yaml"
     token = f", token: {admin_token}" if admin_token else ""
     config.write_text(f"listen: {{host: 127.0.0.1, port: {port}}}\n"
