@@ -134,7 +134,7 @@ def read_totals(metrics: Metrics) -> Totals:
             if not sample.name.endswith("_total"):
                 continue
             sums[key] += int(sample.value)
-            if key == "dropped":
+            if key == "dropped" and sample.value:  # every reason is exposed, most at 0
                 reason = sample.labels.get("reason", "")
                 dropped[reason] = dropped.get(reason, 0) + int(sample.value)
     return Totals(sums["received"], sums["accepted"], sums["forwarded"], sums["lost"], dropped)

@@ -95,6 +95,11 @@ def retryable(status: int) -> bool:
     return status == 429 or status >= 500
 
 
+def event_count(request: OutboundRequest) -> int:
+    """Events in a request: one per body line of a batch, else the query's one."""
+    return request.body.count("\n") + 1 if request.body else 1
+
+
 class Outbox:
     """Bounded queue plus ``max_connections`` workers that deliver with retries, and the
     loop that drains the spill (when there is one) through single attempts."""
@@ -189,15 +194,20 @@ class Outbox:
         await self._spill_one(request, accepted_at, "retries_exhausted")
 
     async def _attempt(self, request: OutboundRequest) -> bool | None:
-        """One send. True: delivered; False: final answer (counted); None: worth a retry."""
+        """One send. True: delivered; False: final answer (counted); None: worth a retry.
+        Every attempt, from the queue or the outbox and failed or not, is timed."""
+        started = time.perf_counter()
         try:
             status = await self._sender.send(request)
         except (TimeoutError, aiohttp.ClientError, OSError):
+            self._metrics.upstream_duration.observe(time.perf_counter() - started)
             self._metrics.upstream("error")
             return None
+        self._metrics.upstream_duration.observe(time.perf_counter() - started)
         self._metrics.upstream(f"{status // 100}xx")
         if 200 <= status < 300:
             self._metrics.forwarded.inc()
+            self._metrics.events_forwarded.inc(event_count(request))
             return True
         if retryable(status):
             return None

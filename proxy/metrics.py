@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    Histogram,
     disable_created_metrics,
     generate_latest,
     multiprocess,
@@ -18,23 +19,53 @@ from prometheus_client import (
 from proxy import __version__
 
 if TYPE_CHECKING:
+    from proxy.consent.gate import ConsentVerdict
     from proxy.pseudonym import WindowKey
+    from proxy.sanitize.sanitizer import ParameterCounts
 
 NAMESPACE = "analytics_proxy"
 # Set by ``serve --workers N`` (proxy/workers.py) before any worker imports this module.
 MULTIPROC_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
 SALT_SOURCES = ("memory", "redis", "local")
+# The consent gate's reasons (proxy.consent.gate.ConsentVerdict.reason) and regimes.
+CONSENT_VERDICTS = (
+    "granted", "implied", "default", "denied", "gpc", "dnt", "no_consent", "consent_error"
+)
+REGIMES = ("opt_in", "opt_out", "other", "unknown")
+# Label values exposed at 0 from the start, so rates and alerts have a series to work on.
+ACCEPT_REASONS = ("granted", "implied", "default")
+STATUS_CLASSES = ("2xx", "3xx", "4xx", "5xx", "error")
+LOST_REASONS = (
+    "rejected", "forward_error", "queue_full", "retries_exhausted", "shutdown",
+    "outbox_unreadable",
+)
+SPILL_REASONS = ("queue_full", "retries_exhausted", "shutdown")
+NO_SOURCE = "none"  # no source decided: the regime default, or a source that failed
+# Where the outbound hit places the visitor (proxy.pipeline.Outcome.location_level).
+LOCATION_LEVELS = ("city", "region", "country", "truncated", "omitted")
+# Google's collection endpoint answers in tens of milliseconds from the EU; the tail up to
+# upstream.timeout (5 s by default) is what an alert on slowness looks at.
+UPSTREAM_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 # *_created series double the exposition for no use on dashboards or alerts.
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
 class Metrics:
-    """One registry per application, so tests and workers never share global state."""
+    """One registry per application, so tests and workers never share global state.
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    ``primary``: this process reports readings of state every worker shares (the Redis
+    outbox's length); with ``serve --workers N`` only worker 0 is, so sums stay right."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, *, primary: bool = True) -> None:
         self.registry = registry or CollectorRegistry()
+        self.primary = primary
         self._refreshers: list[Callable[[], None]] = []
+        self._parameter_counts: list[ParameterCounts] = []
+        # Per-beacon counts kept as plain integers until refresh(): cheaper than a Prometheus
+        # counter's lock (and file write across workers) on every beacon.
+        self._consent_counts: dict[tuple[str | None, str, str], int] = {}
+        self._level_counts: dict[str, int] = {}
         r, ns = self.registry, NAMESPACE
         self.received = Counter(
             "beacons_received", "Beacon requests received on /g/collect.", namespace=ns, registry=r
@@ -56,8 +87,63 @@ class Metrics:
             namespace=ns,
             registry=r,
         )
+        for reason in ACCEPT_REASONS:
+            self.accepted.labels(reason)
         self.forwarded = Counter(
             "beacons_forwarded", "Beacons Google answered with 2xx.", namespace=ns, registry=r
+        )
+        self.events_forwarded = Counter(
+            "events_forwarded",
+            "Events in beacons Google answered with 2xx.",
+            namespace=ns,
+            registry=r,
+        )
+        # Consent: who decided and how; and the same decisions by the visitor's regime
+        # (two counters, not one with three labels, to keep each small).
+        self._consent = Counter(
+            "consent_decisions",
+            "Consent decisions, by the source that settled them (a consent source type, gpc, "
+            "dnt, or none: the regime default) and verdict.",
+            ["source", "verdict"],
+            namespace=ns,
+            registry=r,
+        )
+        self._consent_children: dict[tuple[str | None, str], Counter] = {}
+        for source, verdict in (
+            ("gpc", "gpc"),
+            ("dnt", "dnt"),
+            *((NO_SOURCE, v) for v in ("default", "no_consent", "consent_error")),
+        ):
+            self._bind_consent(source, verdict)
+        self._regime = Counter(
+            "consent_regime_decisions",
+            "Consent decisions, by the visitor's regime and the verdict.",
+            ["regime", "verdict"],
+            namespace=ns,
+            registry=r,
+        )
+        self._regime_children = {
+            (regime, verdict): self._regime.labels(regime, verdict)
+            for regime in REGIMES
+            for verdict in CONSENT_VERDICTS
+        }
+        self._location = Counter(
+            "location_level",
+            "Beacons accepted for forwarding, by where the hit places the visitor: "
+            "city, region or country (a representative address), truncated address, omitted.",
+            ["level"],
+            namespace=ns,
+            registry=r,
+        )
+        self._levels = {level: self._location.labels(level) for level in LOCATION_LEVELS}
+        # Counted by the sanitiser in plain integers, moved here by refresh().
+        self._parameters = Counter(
+            "parameters_changed",
+            "Beacon parameters the sanitiser dropped, replaced, scrubbed or generalised, "
+            "by rule and action.",
+            ["rule", "action"],
+            namespace=ns,
+            registry=r,
         )
         self._lost = Counter(
             "beacons_lost",
@@ -73,8 +159,19 @@ class Metrics:
             namespace=ns,
             registry=r,
         )
+        for status_class in STATUS_CLASSES:
+            self._upstream.labels(status_class)
+        for reason in LOST_REASONS:
+            self._lost.labels(reason)
         self.retries = Counter(
             "forward_retries", "Retried requests to Google.", namespace=ns, registry=r
+        )
+        self.upstream_duration = Histogram(
+            "upstream_request_duration_seconds",
+            "Time for one request to Google, until its answer or its failure.",
+            namespace=ns,
+            registry=r,
+            buckets=UPSTREAM_BUCKETS,
         )
         # Each worker has its own queue: the sum is the process group's.
         self.queue_depth = Gauge(
@@ -100,6 +197,14 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemax",
         )
+        # Configuration, so an alert compares the salt's age with the window it should have.
+        self.salt_rotation = Gauge(
+            "salt_rotation_seconds",
+            "Configured length of a pseudonym salt's window (privacy.pseudonym.rotation).",
+            namespace=ns,
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         self._salt_source = Gauge(
             "salt_source",
             "1 for where the pseudonym salt in use comes from; local: the shared store was "
@@ -120,20 +225,21 @@ class Metrics:
         )
         # The outbox (proxy/spill.py). Alert on depth approaching max_entries: past the cap
         # the oldest entries are trimmed, and that is counted too, never silent.
-        # Every worker reads the same shared stream: the largest reading, not their sum.
+        # Workers add up: each reports what it holds in memory, and only the primary the
+        # shared Redis stream (and its cap), so the stream is counted once.
         self.outbox_depth = Gauge(
             "outbox_depth",
             "Beacons held in the outbox (Redis stream plus memory) awaiting delivery.",
             namespace=ns,
             registry=r,
-            multiprocess_mode="livemax",
+            multiprocess_mode="livesum",
         )
         self.outbox_max_entries = Gauge(
             "outbox_max_entries",
             "The outbox's cap.",
             namespace=ns,
             registry=r,
-            multiprocess_mode="livemax",
+            multiprocess_mode="livesum",
         )
         self._spilled = Counter(
             "beacons_spilled",
@@ -142,6 +248,8 @@ class Metrics:
             namespace=ns,
             registry=r,
         )
+        for reason in SPILL_REASONS:
+            self._spilled.labels(reason)
         self.expired = Counter(
             "beacons_expired",
             "Outbox entries discarded as older than state.outbox_max_age.",
@@ -179,6 +287,11 @@ class Metrics:
         for outcome in ("written", "dropped"):
             self.audit_records.labels(outcome)
 
+    def init_drop_reasons(self, reasons: Iterable[str]) -> None:
+        """Expose every reason a beacon can be dropped for (proxy.pipeline.DROP_REASONS)."""
+        for reason in reasons:
+            self.dropped.labels(reason)
+
     def drop(self, reason: str) -> None:
         self.dropped.labels(reason).inc()
 
@@ -190,6 +303,60 @@ class Metrics:
 
     def upstream(self, status_class: str) -> None:
         self._upstream.labels(status_class).inc()
+
+    def init_consent(self, sources: Iterable[str]) -> None:
+        """Expose every (source, verdict) the configured consent sources can produce."""
+        for source in sources:
+            for verdict in ("granted", "implied", "denied"):
+                self._bind_consent(source, verdict)
+
+    def _bind_consent(self, source: str, verdict: str) -> Counter:
+        child = self._consent_children[(source, verdict)] = self._consent.labels(source, verdict)
+        if source == NO_SOURCE:
+            self._consent_children[(None, verdict)] = child
+        return child
+
+    def consent(self, decision: ConsentVerdict) -> None:
+        """Count one decision of the consent gate. Per beacon, so only a dict increment
+        here; ``refresh`` moves the counts into both counters."""
+        key = (decision.source, decision.reason, decision.regime.value)
+        self._consent_counts[key] = self._consent_counts.get(key, 0) + 1
+
+    def location(self, level: str) -> None:
+        """Count one accepted beacon's location level ("": nothing sent, not counted)."""
+        if level:
+            self._level_counts[level] = self._level_counts.get(level, 0) + 1
+
+    def _move_counts(self) -> None:
+        # Source, reason, regime and level are codes from the configuration and the
+        # pipeline, so even an unforeseen one keeps the label sets bounded.
+        consent, self._consent_counts = self._consent_counts, {}
+        for (source, reason, regime), count in consent.items():
+            child = self._consent_children.get((source, reason))
+            if child is None:
+                child = self._bind_consent(source or NO_SOURCE, reason)
+            child.inc(count)
+            child = self._regime_children.get((regime, reason))
+            if child is None:
+                child = self._regime_children[(regime, reason)] = self._regime.labels(
+                    regime, reason
+                )
+            child.inc(count)
+        levels, self._level_counts = self._level_counts, {}
+        for level, count in levels.items():
+            child = self._levels.get(level)
+            if child is None:
+                child = self._levels[level] = self._location.labels(level)
+            child.inc(count)
+        for counts in self._parameter_counts:
+            for (rule, action), count in counts.take():
+                self._parameters.labels(rule, action).inc(count)
+
+    def track_parameters(self, counts: ParameterCounts) -> None:
+        """Move the sanitiser's counts into ``parameters_changed`` on every refresh."""
+        for rule, action in counts.labels[1:]:
+            self._parameters.labels(rule, action)
+        self._parameter_counts.append(counts)
 
     def observe_salt(self, key: WindowKey) -> None:
         """Record the source of a newly active salt (called when the key changes)."""
@@ -206,11 +373,15 @@ class Metrics:
             gauge.set_function(read)
 
     def refresh(self) -> None:
-        """Update values that are sampled rather than counted (called once a second)."""
+        """Update values that are sampled rather than counted, and move in the counts kept
+        outside Prometheus (called once a second, at shutdown, and at every scrape)."""
         for refresh in self._refreshers:
             refresh()
+        self._move_counts()
 
     def exposition(self) -> bytes:
+        # Exact at scrape time for this process; other workers' within a second.
+        self.refresh()
         if MULTIPROC_DIR:
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry, MULTIPROC_DIR)  # type: ignore[no-untyped-call]

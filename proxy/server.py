@@ -31,13 +31,14 @@ from proxy.audit import AuditTrail, AuditUnavailable, make_audit, parse_page
 from proxy.beacon import MAX_BODY
 from proxy.client import ClientAddressResolver
 from proxy.config import Config
+from proxy.consent.registry import source_type
 from proxy.dashboard import RecentAudit, no_audit
 from proxy.forward import HttpSender, Outbox, Sender, StdoutSender
 from proxy.geo import GeoDatabase
 from proxy.geo_index import Representatives
 from proxy.mesh import MemoryCellCounter, RedisCellCounter
 from proxy.metrics import Metrics
-from proxy.pipeline import IncomingRequest, Pipeline
+from proxy.pipeline import DROP_REASONS, IncomingRequest, Pipeline
 from proxy.pseudonym import Pseudonymizer
 from proxy.ratelimit import MemoryCounters, RateLimiter, RedisCounters
 from proxy.spill import MemorySpill, RedisSpill, Spill
@@ -188,6 +189,10 @@ async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
         representatives=representatives,
         cells=cells,
     )
+    metrics.track_parameters(app[PIPELINE].sanitizer.counts)
+    metrics.init_consent(source_type(options) for options in config.consent.sources)
+    metrics.init_drop_reasons(DROP_REASONS)
+    metrics.salt_rotation.set(pseudo.rotation_seconds)
     tasks = []
     if limiter is not None:
         tasks.append(asyncio.create_task(limiter.run(), name="rate-limit"))
@@ -262,13 +267,15 @@ async def _spill_ctx(app: web.Application) -> AsyncIterator[None]:
     url = None if config.dry_run else config.state.redis_url
     client = make_redis(url) if url else None
     spill = app[SPILL] = make_spill(config, metrics, client)
-    metrics.outbox_max_entries.set(spill.capacity)
+    # A shared stream's cap is reported by the primary only, so workers add up right.
+    metrics.outbox_max_entries.set(spill.capacity if metrics.primary or not spill.shared else 0)
     if client is not None:
         health.redis_ok = await _ping(client)  # readiness is right from the first request
     probe = asyncio.create_task(_probe(client, spill, health, metrics), name="readiness")
     yield
     probe.cancel()
     await asyncio.gather(probe, return_exceptions=True)
+    metrics.refresh()  # the last second's counts, while /metrics can still be read
     await spill.close()  # normally done by the outbox's shutdown already; idempotent
     if client is not None:
         await client.aclose()
@@ -292,7 +299,7 @@ async def _probe(client: Redis | None, spill: Spill, health: Health, metrics: Me
                 log.warning("redis unreachable, not ready")
             health.redis_ok = ok
         try:
-            metrics.outbox_depth.set(await spill.depth())
+            metrics.outbox_depth.set(await spill.depth(include_shared=metrics.primary))
         except Exception:
             log.exception("outbox depth unavailable")
         metrics.refresh()
@@ -376,11 +383,14 @@ async def collect(request: web.Request) -> web.Response:
     sampled = audit.sample()
     outcome = await request.app[PIPELINE].process(incoming, trace=sampled)
     metrics.events.inc(outcome.events)
+    if outcome.consent is not None:
+        metrics.consent(outcome.consent)
     held = True
     if outcome.outbound is not None:
         held = await request.app[OUTBOX].put(outcome.outbound)
         if held:
             metrics.accepted.labels(outcome.reason).inc()
+            metrics.location(outcome.location_level)
     else:
         metrics.drop(outcome.reason)
     audit.observe(outcome, incoming.query, sampled=sampled, lost=not held)
@@ -492,7 +502,7 @@ async def run(
 ) -> None:
     """Serve until SIGTERM/SIGINT, then shut down gracefully. With ``--workers`` every
     worker shares the public port (``reuse_port``) and only one serves the admin port."""
-    metrics = Metrics()
+    metrics = Metrics(primary=serve_admin)  # worker 0 reports the shared outbox
     audit = make_audit(config, metrics)
     app = init_app(config, metrics, sender, audit)
     runners = [web.AppRunner(app, access_log=None)]

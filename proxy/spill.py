@@ -64,6 +64,11 @@ class Spill(Protocol):
     @property
     def capacity(self) -> int: ...
 
+    @property
+    def shared(self) -> bool:
+        """True when held in a store every worker and replica sees (Redis), not memory."""
+        ...
+
     async def put(self, request: OutboundRequest, accepted_at: float) -> bool:
         """Hold ``request``; False only when it truly cannot (the caller counts the loss)."""
         ...
@@ -72,7 +77,10 @@ class Spill(Protocol):
         """Hold several at once; returns how many are held."""
         ...
 
-    async def depth(self) -> int: ...
+    async def depth(self, *, include_shared: bool = True) -> int:
+        """Entries held; without the shared store's when ``include_shared`` is False (one
+        worker reports those for all)."""
+        ...
 
     async def run(self, deliver: Deliver) -> None:
         """Deliver held entries until cancelled. ``deliver`` returns True when the request
@@ -167,7 +175,11 @@ class MemorySpill:
         if self._entries:
             self._wake.set()
 
-    async def depth(self) -> int:
+    @property
+    def shared(self) -> bool:
+        return False
+
+    async def depth(self, *, include_shared: bool = True) -> int:
         return len(self)
 
     async def run(self, deliver: Deliver) -> None:
@@ -329,7 +341,13 @@ class RedisSpill:
         if trimmed > 0:
             self._metrics.outbox_trimmed.inc(trimmed)
 
-    async def depth(self) -> int:
+    @property
+    def shared(self) -> bool:
+        return True
+
+    async def depth(self, *, include_shared: bool = True) -> int:
+        if not include_shared:
+            return len(self._fallback)
         if self._available:
             try:
                 self._last_length = int(await self._client.xlen(self._key))

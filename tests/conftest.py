@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -59,3 +61,15 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def promtool() -> str:
+    """Prometheus's own checker (Debian's ``prometheus`` package; ``.ci/run`` installs it).
+    In CI its absence is a failure, never a skip."""
+    path = shutil.which("promtool")
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("promtool is not installed: .ci/run installs Debian's prometheus")
+        pytest.skip("promtool is not installed (apt-get install prometheus)")
+    return path

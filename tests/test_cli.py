@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import threading
 import time
 import urllib.request
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from proxy import __version__
 from proxy.cli import main
 from proxy.config import EU_ENDPOINT
 from tests.conftest import GA4_HITS
@@ -161,7 +163,21 @@ def test_serve_dry_run_prints_forwarded_request_and_stops_on_sigterm(tmp_path: P
     assert CAPTURED_CID not in err and "127.0.0.1" not in out
 
 
-def test_workers_share_the_port_and_metrics_add_up(tmp_path: Path) -> None:
+WORKER_BEACONS, WORKER_CONSENTED = 40, 10
+
+
+def metric_value(text: str, series: str) -> float | None:
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    return None
+
+
+@pytest.fixture(scope="module")
+def two_workers(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, list[dict[str, Any]]]:
+    """``serve --workers 2`` after beacons spread over both: the admin port's /metrics
+    (once every worker's deferred counts arrived) and the processes' log lines."""
+    tmp_path = tmp_path_factory.mktemp("workers")
     proc, port, admin = start_serve(tmp_path, "proxy", "measurement_ids: [G-18JR3Q8PJ8]\n"
                                     "upstream: {url: stdout, shutdown_grace: 0}\n",
                                     "--workers", "2")
@@ -169,27 +185,81 @@ def test_workers_share_the_port_and_metrics_add_up(tmp_path: Path) -> None:
     reader = threading.Thread(target=lambda: log_lines.extend(
         json.loads(line) for line in proc.stderr), daemon=True)  # type: ignore[union-attr]
     reader.start()
-    beacons = 40
     try:
         for _ in range(300):  # bounded wait until both workers serve
             if sum(e["message"] == "serving" for e in log_lines) == 2:
                 break
             time.sleep(0.05)
         query = HIT["url"].split("?", 1)[1]
-        for _ in range(beacons):  # a new connection each: the kernel spreads them
+        for number in range(WORKER_BEACONS + WORKER_CONSENTED):
+            # A new connection each: the kernel spreads them over the workers.
+            headers = {"User-Agent": FIREFOX}
+            if number < WORKER_CONSENTED:
+                headers["Cookie"] = "analytics_consent=granted"
             req = urllib.request.Request(f"http://127.0.0.1:{port}/g/collect?{query}",
-                                         data=b"", headers={"User-Agent": FIREFOX})
+                                         data=b"", headers=headers)
             with urllib.request.urlopen(req, timeout=5) as resp:
                 assert resp.status == 204
-        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5) as resp:
-            text = resp.read().decode()
+        deferred = {  # counted in plain integers, moved by each worker once a second
+            'analytics_proxy_parameters_changed_total{action="replaced",rule="pseudonym"}':
+                WORKER_CONSENTED,
+            'analytics_proxy_consent_decisions_total{source="none",verdict="no_consent"}':
+                WORKER_BEACONS,
+            'analytics_proxy_consent_decisions_total{source="bridge",verdict="granted"}':
+                WORKER_CONSENTED,
+        }
+        for _ in range(100):  # bounded wait for the workers' next move
+            with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5) as resp:
+                text = resp.read().decode()
+            if all(metric_value(text, k) == v for k, v in deferred.items()):
+                break
+            time.sleep(0.1)
     finally:
         proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
+        proc.communicate(timeout=60)
         reader.join(timeout=10)
     assert proc.returncode == 0
+    return text, log_lines
+
+
+def test_workers_share_the_port_and_metrics_add_up(
+    two_workers: tuple[str, list[dict[str, Any]]]
+) -> None:
+    text, log_lines = two_workers
     serving = [e for e in log_lines if e["message"] == "serving"]
     assert len(serving) == 2  # two processes bound the same port
+    total, consented = WORKER_BEACONS + WORKER_CONSENTED, WORKER_CONSENTED
     # Counted in whichever worker took each beacon, summed on the admin port.
-    assert f"analytics_proxy_beacons_received_total {beacons}.0" in text
-    assert f'analytics_proxy_beacons_dropped_total{{reason="no_consent"}} {beacons}.0' in text
+    expected = {
+        "analytics_proxy_beacons_received_total": total,
+        'analytics_proxy_beacons_dropped_total{reason="no_consent"}': WORKER_BEACONS,
+        'analytics_proxy_consent_decisions_total{source="none",verdict="no_consent"}':
+            WORKER_BEACONS,
+        'analytics_proxy_consent_decisions_total{source="bridge",verdict="granted"}': consented,
+        'analytics_proxy_consent_regime_decisions_total{regime="unknown",verdict="granted"}':
+            consented,
+        'analytics_proxy_beacons_accepted_total{reason="granted"}': consented,
+        "analytics_proxy_beacons_forwarded_total": consented,
+        "analytics_proxy_events_forwarded_total": consented,
+        "analytics_proxy_upstream_request_duration_seconds_count": consented,
+        'analytics_proxy_parameters_changed_total{action="replaced",rule="pseudonym"}':
+            consented,
+        # Gauges, by their multiprocess mode: queues and memory outboxes add up (each worker
+        # has its own); configuration and build do not.
+        "analytics_proxy_queue_depth": 0,
+        "analytics_proxy_outbox_max_entries": 2 * 10_000,
+        "analytics_proxy_salt_rotation_seconds": 86_400,
+        'analytics_proxy_build_info{version="' + __version__ + '"}': 1,
+        'analytics_proxy_salt_source{source="memory"}': 1,
+    }
+    assert {series: metric_value(text, series) for series in expected} == expected
+    salt_age = metric_value(text, "analytics_proxy_salt_age_seconds")
+    assert salt_age is not None and 0 < salt_age < 86_400
+
+
+def test_promtool_accepts_the_workers_summed_exposition(
+    two_workers: tuple[str, list[dict[str, Any]]], promtool: str
+) -> None:
+    run = subprocess.run([promtool, "check", "metrics"], input=two_workers[0],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and not (run.stdout + run.stderr).strip(), run.stdout + run.stderr

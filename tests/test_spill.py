@@ -230,6 +230,21 @@ async def test_close_forgets_the_consumer_only_without_pending_entries(client: R
     assert [c["name"] for c in consumers] == []
 
 
+async def test_only_the_primary_worker_reports_the_shared_stream(client: Redis) -> None:
+    """With --workers, outbox_depth adds up the workers: the stream once (worker 0),
+    and each worker's memory."""
+    shared = RedisSpill(client, stream_maxlen=1000, **FAST)
+    for i in range(5):
+        await shared.put(request(i), time.time())
+    assert shared.shared
+    assert await shared.depth() == 5
+    assert await shared.depth(include_shared=False) == 0
+    memory = MemorySpill(10)
+    await memory.put(request(9), time.time())
+    assert not memory.shared
+    assert await memory.depth(include_shared=False) == await memory.depth() == 1
+
+
 async def test_memory_spill_is_bounded() -> None:
     spill = MemorySpill(3)
     assert [await spill.put(request(i), time.time()) for i in range(4)] == [

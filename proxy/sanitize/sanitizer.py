@@ -1,4 +1,5 @@
-"""Applies the compiled ``Policy`` to a parsed ``Beacon``, keeping the batch shape."""
+"""Applies the compiled ``Policy`` to a parsed ``Beacon``, keeping the batch shape, and
+counts what each rule did (``ParameterCounts``) for the metrics."""
 
 from __future__ import annotations
 
@@ -6,11 +7,26 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from proxy.beacon import Beacon, Params
-from proxy.policy import Action, EventContext, Policy
+from proxy.policy import (
+    DROP_IDENTIFIER,
+    DROP_NOT_ALLOW_LISTED,
+    DROP_UNKNOWN,
+    Action,
+    EventContext,
+    Policy,
+)
 from proxy.sanitize.urls import UrlScrubber
 
 _KEEP = object()
 _DROP = object()
+# What the metrics count per rule: what was changed. Kept parameters (most of every beacon)
+# and the proxy's own forced ones (on every beacon) are not counted.
+COUNTED = frozenset((Action.DROPPED, Action.REPLACED, Action.SCRUBBED, Action.GENERALISED))
+FALLBACK_RULES = (DROP_UNKNOWN, DROP_IDENTIFIER, DROP_NOT_ALLOW_LISTED)
+# Names outside the table (a site's own ep.* parameters, mostly) whose count slot is
+# remembered: a few per site in practice; bounded, since the names come from requests.
+UNLISTED_CACHE = 1024
+UNLISTED_NAME_MAX = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +46,40 @@ class Change:
     detail: tuple[str, ...] = ()
 
 
+class ParameterCounts:
+    """How many parameters each rule dropped, replaced, scrubbed or generalised, as plain
+    integers in a list indexed by a slot fixed at start-up. A Prometheus counter per parameter
+    would cost more than most rules; ``Metrics.refresh`` moves these counts once a second."""
+
+    __slots__ = ("_slots", "counts", "labels")
+
+    def __init__(self) -> None:
+        # Slot 0 collects what is not counted (kept), so the hot path never branches on it.
+        self.labels: list[tuple[str, str]] = [("", "")]
+        self.counts: list[int] = [0]
+        self._slots: dict[tuple[str, Action], int] = {}
+
+    def slot(self, rule: str, action: Action) -> int:
+        """The slot of ``(rule, action)``: made at compile time, looked up when tracing."""
+        if action not in COUNTED:
+            return 0
+        slot = self._slots.get((rule, action))
+        if slot is None:
+            slot = self._slots[(rule, action)] = len(self.counts)
+            self.labels.append((rule, action.value))
+            self.counts.append(0)
+        return slot
+
+    def take(self) -> list[tuple[tuple[str, str], int]]:
+        """``((rule, action), count)`` for every count since the last call, which resets
+        them. Nothing awaits in between, so no increment is lost on the event loop."""
+        counts = self.counts
+        taken = [(self.labels[i], n) for i, n in enumerate(counts) if n and i]
+        for i in range(len(counts)):
+            counts[i] = 0
+        return taken
+
+
 @dataclass(frozen=True, slots=True)
 class Sanitized:
     shared: Params
@@ -38,7 +88,7 @@ class Sanitized:
 
 
 class Sanitizer:
-    """Stateless once built; ``sanitize`` reads only the compiled table."""
+    """``sanitize`` reads only the compiled table; its one state is what it counted."""
 
     def __init__(self, policy: Policy) -> None:
         self._policy = policy
@@ -48,10 +98,32 @@ class Sanitizer:
             name: (rule.fn or (_KEEP if rule.action is Action.KEPT else _DROP))
             for name, rule in policy.table.items()
         }
+        # The count slots of each name: when dropped, and when a rule function changed it
+        # (a validating rule that rewrites a value generalises it, as the trace says).
+        self._counts = counts = ParameterCounts()
+        self._dropped = {
+            name: counts.slot(rule.name, Action.DROPPED)
+            for name, rule in policy.table.items()
+            if rule.fn is not None or rule.action is not Action.KEPT
+        }
+        self._changed = {
+            name: counts.slot(
+                rule.name, Action.GENERALISED if rule.action is Action.DROPPED else rule.action
+            )
+            for name, rule in policy.table.items()
+            if rule.fn is not None
+        }
+        self._fallback = {r.name: counts.slot(r.name, Action.DROPPED) for r in FALLBACK_RULES}
+        self._room = UNLISTED_CACHE  # names outside the table that may still be remembered
 
     @property
     def policy(self) -> Policy:
         return self._policy
+
+    @property
+    def counts(self) -> ParameterCounts:
+        """What this sanitiser did to parameters, by rule and action, on both paths."""
+        return self._counts
 
     def sanitize(
         self,
@@ -87,6 +159,7 @@ class Sanitizer:
         if changes is None:
             return self._params_fast(params, ctx)
         rule_of = self._policy.rule
+        counts, slot = self._counts.counts, self._counts.slot
         out: Params = {}
         for name, value in params.items():
             rule = rule_of(name)
@@ -95,6 +168,8 @@ class Sanitizer:
                 kept = rule.action is Action.KEPT
                 if kept:
                     out[name] = value
+                else:
+                    counts[slot(rule.name, Action.DROPPED)] += 1
                 if changes is not None:
                     changes.append(
                         Change(
@@ -120,6 +195,7 @@ class Sanitizer:
                 else:
                     # A validating rule (DROPPED when invalid) that rewrote the value.
                     action = Action.GENERALISED if rule.action is Action.DROPPED else rule.action
+                counts[slot(rule.name, action)] += 1
                 changes.append(
                     Change(
                         scope,
@@ -134,15 +210,30 @@ class Sanitizer:
         return out
 
     def _params_fast(self, params: Params, ctx: EventContext) -> Params:
-        # The serving path: the same table as _params, without the trace bookkeeping.
-        fns = self._fns
+        # The serving path: the same table as _params, without the trace bookkeeping. Only
+        # what changes is counted, by an integer add to a precompiled slot.
+        fns, dropped, counts = self._fns, self._dropped, self._counts.counts
         out: Params = {}
         for name, value in params.items():
             fn = fns.get(name, _DROP)
             if fn is _KEEP:
                 out[name] = value
-            elif fn is not _DROP:
+            elif fn is _DROP:
+                counts[dropped.get(name) or self._unlisted(name)] += 1
+            else:
                 new = fn(value, ctx)  # type: ignore[operator]
-                if new is not None:
+                if new is None:
+                    counts[dropped[name]] += 1
+                else:
                     out[name] = new
+                    if new != value:
+                        counts[self._changed[name]] += 1
         return out
+
+    def _unlisted(self, name: str) -> int:
+        # Absent from the table: dropped as unknown, identifier or not allow-listed.
+        slot = self._fallback[self._policy.rule(name).name]
+        if self._room and len(name) <= UNLISTED_NAME_MAX:
+            self._room -= 1
+            self._dropped[name] = slot
+        return slot
