@@ -108,8 +108,28 @@ def _report(args: argparse.Namespace) -> int:
     from proxy.report import build_report, render
 
     config = _load_config(args.config)
-    sys.stdout.write(render(build_report(config, args.daily_visitors), args.format))
+    observed = None
+    if args.daily_visitors is None and config.state.redis_url:
+        observed = asyncio.run(_observed_visitors(config.state.redis_url))
+    sys.stdout.write(render(build_report(config, args.daily_visitors, observed), args.format))
     return 0
+
+
+async def _observed_visitors(url: str) -> int | None:
+    """The shared daily count the replicas keep in Redis (None when unreachable or empty)."""
+    from redis.asyncio import Redis
+
+    from proxy.visitors import DailyVisitors
+
+    client = Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        found = await DailyVisitors(client).observed()
+    except Exception:
+        print("analytics-proxy: the observed volume is unavailable (Redis)", file=sys.stderr)
+        return None
+    finally:
+        await client.aclose()
+    return found[0] if found else None
 
 
 def _positive(text: str) -> int:

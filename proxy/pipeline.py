@@ -96,6 +96,7 @@ class Outcome:
     events: int = 0
     changes: tuple[Change, ...] = field(default=())
     tid: str = ""  # the beacon's measurement id, once parsed (checked against the config)
+    pseudonym: str = ""  # the cid Google receives, counted for the observed daily volume
     # Where the outbound hit places the visitor: city | region | country (the cell's
     # representative address), truncated, or omitted; "" when nothing was forwarded.
     location_level: str = ""
@@ -259,4 +260,7 @@ class Pipeline:
             changes=clean.changes,
             location_level=level,
             tid=beacon.tid,
+            pseudonym=clean.shared.get("cid") or next(
+                (line["cid"] for line in clean.lines if "cid" in line), ""
+            ),
         )

@@ -44,6 +44,7 @@ from proxy.ratelimit import MemoryCounters, RateLimiter, RedisCounters
 from proxy.spill import MemorySpill, RedisSpill, Spill
 from proxy.state import MemoryState, SaltStore
 from proxy.transport import FastSender
+from proxy.visitors import DailyVisitors
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ RESOLVER = web.AppKey("resolver", ClientAddressResolver)
 READY = web.AppKey("ready", asyncio.Event)  # set while the upstream sender is open
 SPILL: web.AppKey[Spill] = web.AppKey("spill")
 AUDIT = web.AppKey("audit", AuditTrail)
+VISITORS = web.AppKey("visitors", DailyVisitors)
 
 
 @dataclass
@@ -81,9 +83,10 @@ def init_app(
     metrics: Metrics | None = None,
     sender: Sender | None = None,
     audit: AuditTrail | None = None,
+    visitors: DailyVisitors | None = None,
 ) -> web.Application:
     """The public application. ``sender`` replaces the configured upstream (tests, explain);
-    ``audit`` is shared with the admin application, which serves it."""
+    ``audit`` and ``visitors`` are shared with the admin application, which serves them."""
     app = web.Application(
         client_max_size=MAX_BODY, handler_args={"access_log": None}, middlewares=[_never_500]
     )
@@ -93,6 +96,7 @@ def init_app(
     app[READY] = asyncio.Event()
     app[HEALTH] = Health()
     app[AUDIT] = audit if audit is not None else make_audit(config, app[METRICS])
+    app[VISITORS] = visitors if visitors is not None else DailyVisitors()
     app.cleanup_ctx.append(_audit_ctx)  # first in, last out: records to the very end
     app.cleanup_ctx.append(_pipeline_ctx)
     app.cleanup_ctx.append(_spill_ctx)
@@ -110,6 +114,7 @@ def init_admin_app(
     metrics: Metrics,
     audit: AuditTrail | None = None,
     recent_audit: RecentAudit | None = None,
+    visitors: DailyVisitors | None = None,
 ) -> web.Application:
     """The admin application: /metrics, /audit and the dashboard, behind the admin token.
     The dashboard shows ``recent_audit`` (default: the audit trail's recent records)."""
@@ -121,6 +126,9 @@ def init_admin_app(
         app.router.add_get("/audit", audit_handler)
     if recent_audit is None:
         recent_audit = audit.recent if audit is not None else no_audit
+    app[CONFIG] = config
+    app[VISITORS] = visitors if visitors is not None else DailyVisitors()
+    app.router.add_get("/report", report_handler)
     dashboard.register(app, config, metrics, recent_audit)
     return app
 
@@ -198,6 +206,10 @@ async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
         tasks.append(asyncio.create_task(limiter.run(), name="rate-limit"))
     if isinstance(cells, RedisCellCounter):
         tasks.append(asyncio.create_task(cells.run(), name="mesh-counts"))
+    client = getattr(state, "client", None)
+    if client is not None:  # the daily visitor count is shared by replicas
+        app[VISITORS].share(client)
+        tasks.append(asyncio.create_task(app[VISITORS].run(), name="visitors"))
     if geo is not None:
         rebuild = None
         if representatives is not None:
@@ -391,6 +403,7 @@ async def collect(request: web.Request) -> web.Response:
         if held:
             metrics.accepted.labels(outcome.reason).inc()
             metrics.location(outcome.location_level)
+            request.app[VISITORS].add(outcome.pseudonym)
     else:
         metrics.drop(outcome.reason)
     audit.observe(outcome, incoming.query, sampled=sampled, lost=not held)
@@ -433,6 +446,25 @@ def not_ready_reason(app: web.Application) -> str | None:
         # Beacons are still accepted (held in memory): degraded, so not ready for more.
         return "redis unreachable"
     return None
+
+
+async def report_handler(request: web.Request) -> web.Response:
+    """``GET /report?format=md|html|json``: the transfer report at the observed volume."""
+    from proxy.report import build_report, render
+
+    fmt = request.query.get("format", "html")
+    if fmt not in REPORT_TYPES:
+        return web.json_response({"error": "format: md, html or json"}, status=400)
+    try:
+        observed = await request.app[VISITORS].observed()
+    except Exception:
+        observed = None  # the shared count is unreachable: the report says it is illustrative
+    report = build_report(request.app[CONFIG], observed=observed[0] if observed else None)
+    return web.Response(text=render(report, fmt), content_type=REPORT_TYPES[fmt],
+                        headers={"Cache-Control": "no-store"})
+
+
+REPORT_TYPES = {"md": "text/markdown", "html": "text/html", "json": "application/json"}
 
 
 async def audit_handler(request: web.Request) -> web.Response:
@@ -504,10 +536,12 @@ async def run(
     worker shares the public port (``reuse_port``) and only one serves the admin port."""
     metrics = Metrics(primary=serve_admin)  # worker 0 reports the shared outbox
     audit = make_audit(config, metrics)
-    app = init_app(config, metrics, sender, audit)
+    visitors = DailyVisitors()
+    app = init_app(config, metrics, sender, audit, visitors)
     runners = [web.AppRunner(app, access_log=None)]
     if serve_admin:
-        runners.append(web.AppRunner(init_admin_app(config, metrics, audit), access_log=None))
+        admin = init_admin_app(config, metrics, audit, visitors=visitors)
+        runners.append(web.AppRunner(admin, access_log=None))
     for runner in runners:
         await runner.setup()
     sites = [
