@@ -12,7 +12,6 @@ batches and counts read back in the background, and until a shared count says a 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import time
@@ -20,6 +19,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+from proxy.periodic import flush_forever
 from proxy.state import KEY_PREFIX
 
 log = logging.getLogger(__name__)
@@ -161,14 +161,6 @@ class RedisCellCounter:
                     self._open.pop(cell, None)
 
     async def run(self) -> None:
-        delay = FLUSH_INTERVAL
-        while True:
-            await asyncio.sleep(delay)
-            try:
-                await self.flush()
-                delay = FLUSH_INTERVAL
-            except Exception as exc:
-                # Redis unreachable: shared counts age out of _open and the local count
-                # decides alone (stricter). Members of the failed batch are not re-sent.
-                log.warning("mesh counts unavailable", extra={"reason": type(exc).__name__})
-                delay = min(delay * 2, 30.0)
+        # Redis unreachable: shared counts age out of _open and the local count decides
+        # alone (stricter). Members of a failed batch are not sent again.
+        await flush_forever(self.flush, "mesh counts unavailable", FLUSH_INTERVAL)

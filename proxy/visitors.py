@@ -10,13 +10,13 @@ once a second so no beacon waits on Redis.
 
 from __future__ import annotations
 
-import asyncio
 import heapq
 import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
+from proxy.periodic import flush_forever
 from proxy.state import KEY_PREFIX
 
 log = logging.getLogger(__name__)
@@ -104,12 +104,4 @@ class DailyVisitors:
         await pipe.execute()
 
     async def run(self) -> None:
-        delay = FLUSH_INTERVAL
-        while True:
-            await asyncio.sleep(delay)
-            try:
-                await self.flush()
-                delay = FLUSH_INTERVAL
-            except Exception as exc:
-                log.warning("visitor count unavailable", extra={"reason": type(exc).__name__})
-                delay = min(delay * 2, 30.0)
+        await flush_forever(self.flush, "visitor count unavailable", FLUSH_INTERVAL)

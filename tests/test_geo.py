@@ -34,8 +34,9 @@ NETWORKS: dict[str, dict[str, Any]] = {
 }
 
 
-def build(path: Path, networks: dict[str, dict[str, Any]]) -> Path:
-    writer = MMDBWriter(ip_version=6, ipv4_compatible=True, database_type="GeoLite2-City")
+def build(path: Path, networks: dict[str, dict[str, Any]], ip_version: int = 6) -> Path:
+    writer = MMDBWriter(ip_version=ip_version, ipv4_compatible=ip_version == 6,
+                        database_type="GeoLite2-City")
     for network, record in networks.items():
         writer.insert_network(IPSet([network]), record)
     writer.to_db_file(str(path))

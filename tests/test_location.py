@@ -13,8 +13,6 @@ from urllib.parse import parse_qsl, urlsplit
 
 import maxminddb
 import pytest
-from mmdb_writer import MMDBWriter
-from netaddr import IPSet
 
 from proxy import geo_index
 from proxy.config import from_mapping
@@ -26,6 +24,7 @@ from proxy.pipeline import IncomingRequest, Pipeline
 from proxy.pseudonym import Pseudonymizer
 from proxy.state import MemoryState
 from tests.conftest import GA4_HITS
+from tests.test_geo import build
 
 HIT = next(h for h in GA4_HITS if h["id"] == "TV-04")
 TID = "G-18JR3Q8PJ8"
@@ -58,15 +57,6 @@ NETWORKS: dict[str, dict[str, Any]] = {
     "2001:db9::/32": {"country": {"iso_code": "NZ"}},
     "198.51.100.0/24": {"country": {"iso_code": "FR"}},  # an office network in tests below
 }
-
-
-def build(path: Path, networks: dict[str, dict[str, Any]], ip_version: int = 6) -> Path:
-    writer = MMDBWriter(ip_version=ip_version, ipv4_compatible=ip_version == 6,
-                        database_type="GeoLite2-City")
-    for network, record in networks.items():
-        writer.insert_network(IPSet([network]), record)
-    writer.to_db_file(str(path))
-    return path
 
 
 @pytest.fixture
