@@ -52,6 +52,9 @@ def parse_address(text: str | None) -> IPAddress | None:
 def truncate(address: IPAddress, ipv4_prefix: int = 24, ipv6_prefix: int = 48) -> str:
     """The network part only: ``203.0.113.57`` -> ``203.0.113.0``."""
     if address.version == 4:
+        if ipv4_prefix == 24:  # the default, per beacon: string work beats building an address
+            text = str(address)
+            return text[: text.rfind(".")] + ".0"
         mask = (0xFFFFFFFF << (32 - ipv4_prefix)) & 0xFFFFFFFF
         return str(ipaddress.IPv4Address(int(address) & mask))
     mask6 = ((1 << 128) - 1) ^ ((1 << (128 - ipv6_prefix)) - 1)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -24,7 +23,7 @@ from proxy.state import KEY_PREFIX
 
 log = logging.getLogger(__name__)
 
-MAX_CELLS = 20_000  # cells tracked in memory; the least recently seen are forgotten first
+MAX_CELLS = 20_000  # cells tracked in memory; beyond, the oldest tracked is forgotten
 SLICES = 6  # the window is counted in this many slices (Redis); see RedisCellCounter
 FLUSH_INTERVAL = 1.0
 RECHECK_OPEN = 60.0  # seconds between shared re-counts of a cell that reached k
@@ -48,21 +47,23 @@ class MemoryCellCounter:
         max_cells: int = MAX_CELLS,
     ) -> None:
         self._k, self._window, self._clock, self._max = k, window, clock, max_cells
-        self._cells: OrderedDict[str, OrderedDict[str, float]] = OrderedDict()
+        # Plain dicts keep insertion order: a member seen again is moved to the end by
+        # deleting and re-inserting it, so the first entry is always the least recent.
+        self._cells: dict[str, dict[str, float]] = {}
 
     def add(self, cell: str, member: str, now: float) -> bool:
         """Record ``member``; whether ``cell`` now has k distinct members in the window."""
         members = self._cells.get(cell)
         if members is None:
-            members = self._cells[cell] = OrderedDict()
-            if len(self._cells) > self._max:
-                self._cells.popitem(last=False)  # forgetting a cell only closes it
-        else:
-            self._cells.move_to_end(cell)
+            if len(self._cells) >= self._max:
+                # Forget the cell created first: forgetting only ever closes a cell.
+                del self._cells[next(iter(self._cells))]
+            members = self._cells[cell] = {}
+        elif member in members:
+            del members[member]
         members[member] = now
-        members.move_to_end(member)
         if len(members) > self._k:
-            members.popitem(last=False)
+            del members[next(iter(members))]
         # The k most recent distinct members: all within the window iff the oldest is.
         return len(members) == self._k and next(iter(members.values())) > now - self._window
 

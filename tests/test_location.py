@@ -234,7 +234,7 @@ def test_memory_counter_window_and_bound() -> None:
     assert counter.observe(["city:1", "country:GB"], "d") == 1  # city 1: only d is recent
     for cell in ("city:3", "city:4", "city:5"):
         counter.observe([cell], "x")
-    assert len(counter) == 3  # the least recently seen cells are forgotten
+    assert len(counter) == 3  # bounded: the oldest tracked cells are forgotten
 
 
 async def test_mesh_counts_are_shared_through_redis(redis_url: str) -> None:
