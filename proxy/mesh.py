@@ -23,7 +23,7 @@ from proxy.state import KEY_PREFIX
 
 log = logging.getLogger(__name__)
 
-MAX_CELLS = 20_000  # cells tracked in memory; beyond, the oldest tracked is forgotten
+MAX_CELLS = 20_000  # cells tracked in memory; beyond, the least recently seen is forgotten
 SLICES = 6  # the window is counted in this many slices (Redis); see RedisCellCounter
 FLUSH_INTERVAL = 1.0
 RECHECK_OPEN = 60.0  # seconds between shared re-counts of a cell that reached k
@@ -53,14 +53,16 @@ class MemoryCellCounter:
 
     def add(self, cell: str, member: str, now: float) -> bool:
         """Record ``member``; whether ``cell`` now has k distinct members in the window."""
-        members = self._cells.get(cell)
+        cells = self._cells
+        members = cells.pop(cell, None)
         if members is None:
-            if len(self._cells) >= self._max:
-                # Forget the cell created first: forgetting only ever closes a cell.
-                del self._cells[next(iter(self._cells))]
-            members = self._cells[cell] = {}
+            members = {}
+            if len(cells) >= self._max:
+                # Forget the least recently seen cell: forgetting only ever closes a cell.
+                del cells[next(iter(cells))]
         elif member in members:
             del members[member]
+        cells[cell] = members  # (re-)inserted last: the first cell is the least recent
         members[member] = now
         if len(members) > self._k:
             del members[next(iter(members))]

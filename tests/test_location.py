@@ -234,7 +234,18 @@ def test_memory_counter_window_and_bound() -> None:
     assert counter.observe(["city:1", "country:GB"], "d") == 1  # city 1: only d is recent
     for cell in ("city:3", "city:4", "city:5"):
         counter.observe([cell], "x")
-    assert len(counter) == 3  # bounded: the oldest tracked cells are forgotten
+    assert len(counter) == 3  # bounded: the least recently seen cells are forgotten
+
+
+def test_memory_counter_forgets_the_least_recently_seen_cell() -> None:
+    counter = MemoryCellCounter(k=2, window=100, clock=lambda: 1000.0, max_cells=2)
+    assert counter.observe(["country:GB"], "a") == -1
+    assert counter.observe(["country:GB"], "b") == 0
+    counter.observe(["city:1"], "a")  # tracked: GB (oldest), city 1
+    counter.observe(["country:GB"], "c")  # GB seen again: city 1 is now the least recent
+    counter.observe(["city:2"], "a")  # full: city 1 is forgotten, the busy GB cell is not
+    assert counter.observe(["country:GB"], "d") == 0  # still open: c and d
+    assert counter.observe(["city:1"], "b") == -1  # forgotten: b alone
 
 
 async def test_mesh_counts_are_shared_through_redis(redis_url: str) -> None:
