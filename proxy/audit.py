@@ -264,12 +264,12 @@ class AuditTrail:
         p = self._sample
         return p >= 1.0 or (p > 0.0 and random.random() < p)
 
-    def observe(self, outcome: Outcome, query: str, *, sampled: bool, lost: bool = False) -> None:
+    def observe(self, outcome: Outcome, query: str, *, sampled: bool) -> None:
         """Record a dropped beacon always, a forwarded one when ``sampled``. Never raises."""
         if outcome.forward:
             if not sampled:
                 return
-            decision = "lost" if lost else "forwarded"
+            decision = "forwarded"
         else:
             decision = "dropped"
         try:
@@ -644,7 +644,7 @@ def tail(
     return 0
 
 
-_LABELS = {"forwarded": "FORWARD", "dropped": "DROP", "lost": "LOST"}
+_LABELS = {"forwarded": "FORWARD", "dropped": "DROP"}
 
 
 def format_record(record: Mapping[str, Any]) -> str:

@@ -133,9 +133,16 @@ class Outbox:
                 self._spill.run(self.deliver_once), name="outbox-drain"
             )
 
+    @property
+    def full(self) -> bool:
+        """Nothing more can be held now: the queue is full and so is the spill. The server
+        then sheds new beacons, before spending any work on them."""
+        return self._queue.full() and (self._spill is None or not self._spill.has_room())
+
     async def put(self, request: OutboundRequest) -> bool:
-        """Accept a sanitised request: queued, or spilled when the queue is full. False
-        (counted as lost) only when neither can take it."""
+        """Hold a sanitised request: queued, or spilled when the queue is full. False when
+        neither can take it: the caller has not answered yet, so it drops the beacon
+        (reason ``queue_full``) instead of accepting one it would lose."""
         accepted_at = time.time()
         if not self._closing:
             try:
@@ -145,13 +152,15 @@ class Outbox:
             else:
                 self._metrics.queue_depth.set(self._queue.qsize())
                 return True
-        return await self._spill_one(request, accepted_at, "queue_full")
+        return await self._spill_one(request, accepted_at, "queue_full", count_loss=False)
 
     @property
     def pending(self) -> int:
         return self._queue.qsize() + len(self._current)
 
-    async def _spill_one(self, request: OutboundRequest, accepted_at: float, reason: str) -> bool:
+    async def _spill_one(
+        self, request: OutboundRequest, accepted_at: float, reason: str, *, count_loss: bool = True
+    ) -> bool:
         held = False
         if self._spill is not None:
             try:
@@ -160,7 +169,7 @@ class Outbox:
                 log.exception("outbox error")
         if held:
             self._metrics.spilled(reason)
-        else:
+        elif count_loss:
             self._metrics.lost(reason)
         return held
 

@@ -36,8 +36,7 @@ REGIMES = ("opt_in", "opt_out", "other", "unknown")
 ACCEPT_REASONS = ("granted", "implied", "default")
 STATUS_CLASSES = ("2xx", "3xx", "4xx", "5xx", "error")
 LOST_REASONS = (
-    "rejected", "forward_error", "queue_full", "retries_exhausted", "shutdown",
-    "outbox_unreadable",
+    "rejected", "forward_error", "retries_exhausted", "shutdown", "outbox_unreadable",
 )
 SPILL_REASONS = ("queue_full", "retries_exhausted", "shutdown")
 NO_SOURCE = "none"  # no source decided: the regime default, or a source that failed

@@ -50,6 +50,7 @@ DROP_REASONS = (
     "pseudonym_unavailable",
     "sanitize_error",
     "internal_error",
+    "queue_full",  # decided by the server: neither the queue nor the outbox can hold it
 )
 
 

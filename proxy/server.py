@@ -371,9 +371,13 @@ def _cors(request: web.Request) -> dict[str, str]:
 
 
 async def collect(request: web.Request) -> web.Response:
-    metrics, audit = request.app[METRICS], request.app[AUDIT]
+    metrics, audit, outbox = request.app[METRICS], request.app[AUDIT], request.app[OUTBOX]
     metrics.received.inc()
     headers = {"Cache-Control": "no-store", **_cors(request)}
+    if outbox.full:
+        # Overloaded for longer than the queue and the outbox could absorb: shed the beacon
+        # before spending work on it, and say so (503), rather than accept one to lose.
+        return _shed(request, headers)
     try:
         body = await request.read() if request.method == "POST" else b""
     except web.HTTPRequestEntityTooLarge:
@@ -397,18 +401,23 @@ async def collect(request: web.Request) -> web.Response:
     metrics.events.inc(outcome.events)
     if outcome.consent is not None:
         metrics.consent(outcome.consent)
-    held = True
     if outcome.outbound is not None:
-        held = await request.app[OUTBOX].put(outcome.outbound)
-        if held:
-            metrics.accepted.labels(outcome.reason).inc()
-            metrics.location(outcome.location_level)
-            request.app[VISITORS].add(outcome.pseudonym)
+        if not await outbox.put(outcome.outbound):
+            return _shed(request, headers)
+        metrics.accepted.labels(outcome.reason).inc()
+        metrics.location(outcome.location_level)
+        request.app[VISITORS].add(outcome.pseudonym)
     else:
         metrics.drop(outcome.reason)
-    audit.observe(outcome, incoming.query, sampled=sampled, lost=not held)
+    audit.observe(outcome, incoming.query, sampled=sampled)
     # The answer never waits for Google and never sets a cookie.
     return web.Response(status=STATUS_OF.get(outcome.reason, 204), headers=headers)
+
+
+def _shed(request: web.Request, headers: dict[str, str]) -> web.Response:
+    request.app[METRICS].drop("queue_full")
+    request.app[AUDIT].observe_drop("queue_full", request.rel_url.raw_query_string)
+    return web.Response(status=503, headers={**headers, "Retry-After": "1"})
 
 
 async def preflight(request: web.Request) -> web.Response:

@@ -69,6 +69,10 @@ class Spill(Protocol):
         """True when held in a store every worker and replica sees (Redis), not memory."""
         ...
 
+    def has_room(self) -> bool:
+        """Whether ``put`` could hold one more request now."""
+        ...
+
     async def put(self, request: OutboundRequest, accepted_at: float) -> bool:
         """Hold ``request``; False only when it truly cannot (the caller counts the loss)."""
         ...
@@ -152,8 +156,11 @@ class MemorySpill:
     def __len__(self) -> int:
         return len(self._entries) + len(self._taken)
 
+    def has_room(self) -> bool:
+        return len(self) < self._maxlen
+
     def put_nowait(self, request: OutboundRequest, accepted_at: float) -> bool:
-        if len(self) >= self._maxlen:
+        if not self.has_room():
             return False
         self._entries.append((request, accepted_at))
         self._wake.set()
@@ -311,6 +318,11 @@ class RedisSpill:
     def available(self) -> bool:
         """False from a failed Redis command until the drain loop reached Redis again."""
         return self._available
+
+    def has_room(self) -> bool:
+        # The stream trims at its cap rather than refuse; while Redis is unreachable, or
+        # once closed, entries go to the memory fallback.
+        return (self._available and not self._closed) or self._fallback.has_room()
 
     async def put(self, request: OutboundRequest, accepted_at: float) -> bool:
         return await self.put_many([(request, accepted_at)]) == 1

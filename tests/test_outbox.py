@@ -22,7 +22,7 @@ from proxy.pipeline import OutboundRequest
 from proxy.server import OUTBOX, SPILL, init_app, make_redis
 from proxy.spill import STREAM_KEY, MemorySpill, RedisSpill, Spill
 from tests.capture import Capture
-from tests.test_server import HEADERS, Clients, proxy_config
+from tests.test_server import FORWARDABLE, HEADERS, Clients, hit_target, proxy_config
 from tests.test_spill import marker, request, until, until_async
 
 FAST = {"backoff_initial": 0.01, "backoff_max": 0.05}
@@ -89,6 +89,66 @@ async def test_a_full_queue_spills_instead_of_losing() -> None:
     finally:
         assert await outbox.shutdown(1.0) == 0
     assert Counter(sender.sent) == Counter(range(5))
+
+
+async def test_when_queue_and_outbox_are_full_put_refuses_and_counts_no_loss() -> None:
+    sender, metrics = ScriptedSender(), Metrics()
+    sender.gate = asyncio.Event()  # Google hangs
+    spill = MemorySpill(2, metrics=metrics, **FAST)
+    outbox = Outbox(sender, upstream(max_connections=1, queue_size=1), metrics, spill=spill)
+    outbox.start()
+    try:
+        assert await outbox.put(request(0))  # taken by the one sender, which hangs
+        await until(lambda: sender.attempts == 1)
+        assert await outbox.put(request(1))  # queued
+        assert not outbox.full
+        assert all([await outbox.put(request(i)) for i in (2, 3)])  # spilled
+        assert outbox.full
+        assert not await outbox.put(request(4))  # refused: the caller drops it, unaccepted
+        assert sample(metrics, "beacons_lost_total", reason="queue_full") == 0
+        assert sample(metrics, "beacons_spilled_total", reason="queue_full") == 2
+        sender.gate.set()
+        await until(lambda: len(sender.sent) == 4)
+        assert not outbox.full
+    finally:
+        assert await outbox.shutdown(1.0) == 0
+    assert Counter(sender.sent) == Counter(range(4))
+
+
+async def test_an_overloaded_proxy_answers_503_instead_of_accepting_what_it_would_lose(
+    aiohttp_client: Clients,
+) -> None:
+    class Hanging(ScriptedSender):
+        async def send(self, req: OutboundRequest) -> int:
+            self.attempts += 1
+            await self.gate.wait()  # type: ignore[union-attr]
+            self.sent.append(self.attempts)
+            return 204
+
+    sender, metrics = Hanging(), Metrics()
+    sender.gate = asyncio.Event()  # Google hangs, so nothing leaves the queue or the outbox
+    config = proxy_config(GOOGLE, upstream={"url": GOOGLE, "max_connections": 1,
+                                            "queue_size": 1, **FAST},
+                          state={"memory_outbox_size": 1})
+    proxy = await aiohttp_client(init_app(config, metrics, sender))
+    target = hit_target(FORWARDABLE[0])
+    statuses = []
+    for _ in range(6):
+        resp = await proxy.post(target, headers=HEADERS)
+        statuses.append(resp.status)
+        if len(statuses) == 1:
+            await until(lambda: sender.attempts == 1)  # the first is in flight, hanging
+    # In flight, queued, in the outbox: accepted. Then nothing could hold a beacon.
+    assert statuses == [204, 204, 204, 503, 503, 503]
+    assert resp.headers["Retry-After"] == "1"
+    assert sample(metrics, "beacons_dropped_total", reason="queue_full") == 3
+    assert sample(metrics, "beacons_accepted_total", reason="granted") == 3
+    sender.gate.set()
+    await until(lambda: len(sender.sent) == 3)  # every accepted beacon arrives
+    for reason in ("queue_full", "retries_exhausted", "shutdown", "forward_error"):
+        assert sample(metrics, "beacons_lost_total", reason=reason) == 0
+    resp = await proxy.post(target, headers=HEADERS)
+    assert resp.status == 204  # room again
 
 
 async def test_a_final_4xx_is_counted_and_not_spilled() -> None:
