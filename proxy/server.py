@@ -44,6 +44,7 @@ from proxy.ratelimit import MemoryCounters, RateLimiter, RedisCounters
 from proxy.spill import MemorySpill, RedisSpill, Spill
 from proxy.state import MemoryState, SaltStore
 from proxy.transport import FastSender
+from proxy.turns import InTurn
 from proxy.visitors import DailyVisitors
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ log = logging.getLogger(__name__)
 CONFIG = web.AppKey("config", Config)
 METRICS = web.AppKey("metrics", Metrics)
 PIPELINE = web.AppKey("pipeline", Pipeline)
+TURNS = web.AppKey("turns", InTurn)
 OUTBOX = web.AppKey("outbox", Outbox)
 RESOLVER = web.AppKey("resolver", ClientAddressResolver)
 READY = web.AppKey("ready", asyncio.Event)  # set while the upstream sender is open
@@ -197,6 +199,7 @@ async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
         representatives=representatives,
         cells=cells,
     )
+    app[TURNS] = InTurn(app[PIPELINE])
     metrics.track_parameters(app[PIPELINE].sanitizer.counts)
     metrics.init_consent(source_type(options) for options in config.consent.sources)
     metrics.init_drop_reasons(DROP_REASONS)
@@ -397,7 +400,7 @@ async def collect(request: web.Request) -> web.Response:
     )
     # Per-parameter changes are traced only for the audit's sample: tracing costs.
     sampled = audit.sample()
-    outcome = await request.app[PIPELINE].process(incoming, trace=sampled)
+    outcome = await request.app[TURNS].process(incoming, trace=sampled)
     metrics.events.inc(outcome.events)
     if outcome.consent is not None:
         metrics.consent(outcome.consent)
