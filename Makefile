@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 CONFIG ?= config/proxy.yaml
 
-.PHONY: run test lint typecheck bench bench-geo clean
+.PHONY: run test lint typecheck bench bench-paired bench-geo clean
 
 $(BIN)/analytics-proxy: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ typecheck: $(VENV)/.test-deps
 # Throughput against a naive pass-through baseline; needs wrk (apt-get install wrk).
 bench: $(VENV)/.test-deps
 	$(BIN)/python bench/run.py
+
+# The same two targets at once, sharing one core: a ratio that drift between runs does not skew.
+bench-paired: $(VENV)/.test-deps
+	$(BIN)/python bench/run.py --paired
 
 # What placing a visitor costs per beacon (geo lookup + location mode), GeoLite2 City.
 bench-geo: $(VENV)/.test-deps

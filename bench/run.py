@@ -4,7 +4,10 @@ Each target runs as one process pinned to core 0; the sink (standing in for Goog
 share core 1. The figure that counts is beacons *delivered* to the sink per second while wrk
 sends load; the proxy also reports what it accepted and lost. Usage:
 
-    python bench/run.py [--duration 10] [--connections 64] [--targets naive,proxy]
+    python bench/run.py [--duration 10] [--connections 64] [--targets naive,proxy] [--paired]
+
+``--paired`` runs the targets at the same time, sharing core 0, for a ratio that the
+machine's drift from one run to the next does not distort.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -121,15 +125,77 @@ def measure(name: str, args: argparse.Namespace, sink_port: int, workdir: Path) 
             proc.kill()
 
 
+def measure_paired(args: argparse.Namespace, workdir: Path) -> dict[str, dict[str, float]]:
+    """Every target at once on core 0, each with its own sink and wrk on core 1: the core is
+    shared, so each target's rate is set by its cost per beacon, and the machine's drift
+    during the run weighs on all of them alike."""
+    names = args.targets.split(",")
+    sinks, procs, ports = [], [], []
+    script = workdir / "beacon.lua"
+    script.write_text(LUA)
+    try:
+        for name in names:
+            sink_port, port = free_port(), free_port()
+            sinks.append((sink_port, pinned(1, [sys.executable, str(ROOT / "bench/sink.py"),
+                                                str(sink_port)])))
+            wait_port(sink_port)
+            target_dir = workdir / name
+            target_dir.mkdir()
+            procs.append(start_target(name, port, f"http://127.0.0.1:{sink_port}/g/collect",
+                                      target_dir))
+            ports.append(port)
+        for port in ports:
+            wait_port(port)
+        with ThreadPoolExecutor(len(names)) as pool:
+            list(pool.map(lambda port: wrk(port, 2, args.connections, script), ports))
+            time.sleep(1)
+            rss_start = [rss_mib(proc.pid) for proc in procs]
+            before, t0 = [sink_count(p) for p, _ in sinks], time.monotonic()
+            reports = list(pool.map(lambda port: wrk(port, args.duration, args.connections,
+                                                     script), ports))
+            after, t1 = [sink_count(p) for p, _ in sinks], time.monotonic()
+        results = {}
+        for i, name in enumerate(names):
+            answered = float(re.search(r"Requests/sec:\s+([\d.]+)", reports[i]).group(1))  # type: ignore[union-attr]
+            results[name] = {"delivered_per_s": (after[i] - before[i]) / (t1 - t0),
+                             "answered_per_s": answered, "rss_start_mib": rss_start[i],
+                             "rss_end_mib": rss_mib(procs[i].pid)}
+        return results
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        for _, sink in sinks:
+            sink.terminate()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--targets", default="naive,proxy")
+    parser.add_argument("--paired", action="store_true",
+                        help="run the targets at once, sharing core 0 (see measure_paired)")
     args = parser.parse_args()
     if os.cpu_count() and os.cpu_count() < 2:  # type: ignore[operator]
         print("needs two cores", file=sys.stderr)
         return 1
+    if args.paired:
+        with tempfile.TemporaryDirectory() as tmp:
+            paired = measure_paired(args, Path(tmp))
+        print("| target (sharing core 0) | delivered/s | answered/s | RSS start → end (MiB) |")
+        print("|---|---|---|---|")
+        for name, r in paired.items():
+            print(f"| {name} | {r['delivered_per_s']:,.0f} | {r['answered_per_s']:,.0f} | "
+                  f"{r['rss_start_mib']:.0f} → {r['rss_end_mib']:.0f} |")
+        if set(paired) == {"naive", "proxy"}:
+            ratio = paired["proxy"]["delivered_per_s"] / paired["naive"]["delivered_per_s"]
+            print(f"\nproxy / naive, delivered: {ratio:.2f}")
+        return 0
     sink_port = free_port()
     sink = pinned(1, [sys.executable, str(ROOT / "bench/sink.py"), str(sink_port)])
     try:
