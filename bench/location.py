@@ -35,9 +35,9 @@ def visitors(db: GeoDatabase, rng: random.Random) -> list[ipaddress.IPv4Address]
     found: dict[int, ipaddress.IPv4Address] = {}
     while len(found) < NETWORKS:
         address = ipaddress.IPv4Address(rng.getrandbits(32))
-        if address.is_global and (int(address) >> 8) not in found:
-            if db.lookup(address).country:
-                found[int(address) >> 8] = address
+        network = int(address) >> 8
+        if address.is_global and network not in found and db.lookup(address).country:
+            found[network] = address
     return list(found.values())
 
 

@@ -1,6 +1,6 @@
 """Throughput benchmark: the whole proxy path against a naive pass-through baseline.
 
-Each target runs as one process pinned to core 0; the sink (standing in for Google) and wrk
+Each target runs as one process pinned to core 0; its sink (standing in for Google) and wrk
 share core 1. The figure that counts is beacons *delivered* to the sink per second while wrk
 sends load; the proxy also reports what it accepted and lost. Usage:
 
@@ -70,7 +70,7 @@ def rss_mib(pid: int) -> float:
 
 
 def pinned(core: int, argv: list[str], **kwargs: object) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(["taskset", "-c", str(core), *argv], **kwargs)  # type: ignore[call-overload]
+    return subprocess.Popen(["taskset", "-c", str(core), *argv], **kwargs)  # type: ignore[call-overload,no-any-return]
 
 
 def start_target(name: str, port: int, upstream: str, workdir: Path) -> subprocess.Popen[bytes]:
@@ -100,37 +100,17 @@ def wrk(port: int, seconds: int, connections: int, script: Path) -> str:
     return out.stdout
 
 
-def measure(name: str, args: argparse.Namespace, sink_port: int, workdir: Path) -> dict[str, float]:
-    port = free_port()
-    proc = start_target(name, port, f"http://127.0.0.1:{sink_port}/g/collect", workdir)
-    try:
-        wait_port(port)
-        script = workdir / "beacon.lua"
-        script.write_text(LUA)
-        wrk(port, 2, args.connections, script)  # warm-up: caches, keep-alive pool
-        time.sleep(1)
-        rss_start = rss_mib(proc.pid)
-        before, t0 = sink_count(sink_port), time.monotonic()
-        report = wrk(port, args.duration, args.connections, script)
-        after, t1 = sink_count(sink_port), time.monotonic()
-        rss_end = rss_mib(proc.pid)
-        answered = float(re.search(r"Requests/sec:\s+([\d.]+)", report).group(1))  # type: ignore[union-attr]
-        return {"delivered_per_s": (after - before) / (t1 - t0), "answered_per_s": answered,
-                "rss_start_mib": rss_start, "rss_end_mib": rss_end}
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+Results = dict[str, dict[str, float]]
 
 
-def measure_paired(args: argparse.Namespace, workdir: Path) -> dict[str, dict[str, float]]:
-    """Every target at once on core 0, each with its own sink and wrk on core 1: the core is
-    shared, so each target's rate is set by its cost per beacon, and the machine's drift
-    during the run weighs on all of them alike."""
-    names = args.targets.split(",")
-    sinks, procs, ports = [], [], []
+def measure(names: list[str], args: argparse.Namespace, workdir: Path) -> Results:
+    """Run ``names`` at the same time on core 0, each with its own sink and wrk on core 1.
+    One name: the target has the core to itself. Several (``--paired``): they share it, so
+    each one's rate is set by its cost per beacon, and the machine's drift during the run
+    weighs on all of them alike."""
+    sinks: list[tuple[int, subprocess.Popen[bytes]]] = []
+    procs: list[subprocess.Popen[bytes]] = []
+    ports: list[int] = []
     script = workdir / "beacon.lua"
     script.write_text(LUA)
     try:
@@ -147,6 +127,7 @@ def measure_paired(args: argparse.Namespace, workdir: Path) -> dict[str, dict[st
         for port in ports:
             wait_port(port)
         with ThreadPoolExecutor(len(names)) as pool:
+            # Warm-up: caches, keep-alive pool.
             list(pool.map(lambda port: wrk(port, 2, args.connections, script), ports))
             time.sleep(1)
             rss_start = [rss_mib(proc.pid) for proc in procs]
@@ -179,37 +160,28 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--targets", default="naive,proxy")
     parser.add_argument("--paired", action="store_true",
-                        help="run the targets at once, sharing core 0 (see measure_paired)")
+                        help="run the targets at once, sharing core 0 (see measure)")
     args = parser.parse_args()
     if os.cpu_count() and os.cpu_count() < 2:  # type: ignore[operator]
         print("needs two cores", file=sys.stderr)
         return 1
-    if args.paired:
-        with tempfile.TemporaryDirectory() as tmp:
-            paired = measure_paired(args, Path(tmp))
-        print("| target (sharing core 0) | delivered/s | answered/s | RSS start → end (MiB) |")
-        print("|---|---|---|---|")
-        for name, r in paired.items():
-            print(f"| {name} | {r['delivered_per_s']:,.0f} | {r['answered_per_s']:,.0f} | "
-                  f"{r['rss_start_mib']:.0f} → {r['rss_end_mib']:.0f} |")
-        if set(paired) == {"naive", "proxy"}:
-            ratio = paired["proxy"]["delivered_per_s"] / paired["naive"]["delivered_per_s"]
-            print(f"\nproxy / naive, delivered: {ratio:.2f}")
-        return 0
-    sink_port = free_port()
-    sink = pinned(1, [sys.executable, str(ROOT / "bench/sink.py"), str(sink_port)])
-    try:
-        wait_port(sink_port)
-        with tempfile.TemporaryDirectory() as tmp:
-            results = {name: measure(name, args, sink_port, Path(tmp))
-                       for name in args.targets.split(",")}
-    finally:
-        sink.terminate()
-    print("| target | delivered/s | answered/s | RSS start → end (MiB) |")
+    names = args.targets.split(",")
+    groups = [names] if args.paired else [[name] for name in names]
+    results: Results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for number, group in enumerate(groups):
+            workdir = Path(tmp) / str(number)
+            workdir.mkdir()
+            results.update(measure(group, args, workdir))
+    shared = " (sharing core 0)" if args.paired else ""
+    print(f"| target{shared} | delivered/s | answered/s | RSS start → end (MiB) |")
     print("|---|---|---|---|")
     for name, r in results.items():
         print(f"| {name} | {r['delivered_per_s']:,.0f} | {r['answered_per_s']:,.0f} | "
               f"{r['rss_start_mib']:.0f} → {r['rss_end_mib']:.0f} |")
+    if args.paired and set(results) == {"naive", "proxy"}:
+        ratio = results["proxy"]["delivered_per_s"] / results["naive"]["delivered_per_s"]
+        print(f"\nproxy / naive, delivered: {ratio:.2f}")
     return 0
 
 
