@@ -43,6 +43,7 @@ from redis.exceptions import RedisError
 from proxy.config import Config
 from proxy.consent.verdict import Verdict
 from proxy.metrics import Metrics
+from proxy.periodic import raise_if_cancelled
 from proxy.pipeline import Outcome
 from proxy.policy import Action, compile_policy
 from proxy.sanitize.sanitizer import Change
@@ -420,6 +421,7 @@ class RedisAuditTrail(AuditTrail):
     async def _run(self) -> None:
         assert self._wake is not None
         while True:
+            raise_if_cancelled()
             await self._wake.wait()
             await asyncio.sleep(FLUSH_DELAY)  # let a batch gather: one round trip for many
             self._wake.clear()

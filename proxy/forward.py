@@ -22,6 +22,7 @@ import aiohttp
 
 from proxy.config import EU_ENDPOINT, Upstream
 from proxy.metrics import Metrics
+from proxy.periodic import raise_if_cancelled
 from proxy.pipeline import OutboundRequest
 from proxy.spill import Entry, Spill
 
@@ -177,6 +178,7 @@ class Outbox:
         task = asyncio.current_task()
         assert task is not None
         while True:
+            raise_if_cancelled()
             entry = await self._queue.get()
             self._current[task] = entry
             try:

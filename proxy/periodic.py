@@ -9,6 +9,17 @@ from collections.abc import Awaitable, Callable
 log = logging.getLogger(__name__)
 
 
+def raise_if_cancelled() -> None:
+    """Stop a background loop whose task was asked to stop, even if the CancelledError got lost
+    on its way: Python 3.11's ``asyncio.wait_for`` drops it when its awaitable finishes at the
+    same moment, and a redis-py command cancelled at the wrong moment can return normally.
+    The task still counts the request (``Task.cancelling``), so a loop that checks here on
+    every round ends within one round instead of running on, and blocking shutdown, forever."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 async def flush_forever(
     flush: Callable[[], Awaitable[None]],
     failure: str,
@@ -19,6 +30,7 @@ async def flush_forever(
     exception's type only: its text may quote data) and wait twice as long, up to ``longest``."""
     delay = interval
     while True:
+        raise_if_cancelled()
         await asyncio.sleep(delay)
         try:
             await flush()

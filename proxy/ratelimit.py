@@ -17,6 +17,7 @@ from typing import Protocol
 
 from redis.asyncio import Redis
 
+from proxy.periodic import raise_if_cancelled
 from proxy.state import KEY_PREFIX as STATE_PREFIX
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,7 @@ class RateLimiter:
 
     async def run(self) -> None:
         while True:
+            raise_if_cancelled()
             await asyncio.sleep(self._sync_interval)
             await self.sync()
 

@@ -38,6 +38,7 @@ from proxy.geo import GeoDatabase
 from proxy.geo_index import Representatives
 from proxy.mesh import MemoryCellCounter, RedisCellCounter
 from proxy.metrics import Metrics
+from proxy.periodic import raise_if_cancelled
 from proxy.pipeline import DROP_REASONS, IncomingRequest, Pipeline
 from proxy.pseudonym import Pseudonymizer
 from proxy.ratelimit import MemoryCounters, RateLimiter, RedisCounters
@@ -305,6 +306,7 @@ async def _ping(client: Redis) -> bool:
 
 async def _probe(client: Redis | None, spill: Spill, health: Health, metrics: Metrics) -> None:
     while True:
+        raise_if_cancelled()
         await asyncio.sleep(PROBE_INTERVAL)
         if client is not None:
             ok = await _ping(client)

@@ -33,6 +33,7 @@ from redis.exceptions import RedisError, ResponseError
 from redis.typing import EncodableT, FieldT
 
 from proxy.metrics import Metrics
+from proxy.periodic import raise_if_cancelled
 from proxy.pipeline import OutboundRequest
 from proxy.state import KEY_PREFIX
 
@@ -192,6 +193,7 @@ class MemorySpill:
     async def run(self, deliver: Deliver) -> None:
         backoff = _Backoff(*self._backoff)
         while True:
+            raise_if_cancelled()
             if not self._entries:
                 self._wake.clear()
                 await self._wake.wait()
@@ -382,6 +384,7 @@ class RedisSpill:
         reconnect = _Backoff(self._backoff[0], RECONNECT_MAX)
         try:
             while True:
+                raise_if_cancelled()
                 try:
                     if not self._group_ready:
                         await self._connect()

@@ -5,6 +5,7 @@ cap, and an unreachable Redis."""
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -307,3 +308,18 @@ async def test_memory_spill_discards_expired_entries() -> None:
         await stop(task)
     assert google.calls == [2]
     assert metrics.registry.get_sample_value("analytics_proxy_beacons_expired_total") == 1
+
+
+async def test_the_drain_loop_stops_whenever_it_is_cancelled(client: Redis) -> None:
+    """Cancelled at many moments (reading, delivering, acknowledging, backing off), the loop
+    always ends: redis-py could lose the cancellation, and shutdown waited forever."""
+    rng = random.Random(7)
+    for i in range(150):
+        spill = RedisSpill(client, stream_maxlen=1000, **FAST)
+        if i % 2:
+            await spill.put(request(i), time.time())
+        task = asyncio.create_task(spill.run(Google(up=bool(i % 3))))
+        await asyncio.sleep(rng.uniform(0, 0.03))
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=5)
+        assert done == {task}, f"the drain loop ran on after its cancellation (round {i})"
