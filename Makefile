@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 CONFIG ?= config/proxy.yaml
 
-.PHONY: run test lint typecheck bench bench-paired bench-geo clean
+.PHONY: run test lint typecheck bench bench-paired bench-geo bench-pipeline bench-detectors clean
 
 $(BIN)/analytics-proxy: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,14 @@ bench-paired: $(VENV)/.test-deps
 # What placing a visitor costs per beacon (geo lookup + location mode), GeoLite2 City.
 bench-geo: $(VENV)/.test-deps
 	$(BIN)/python bench/location.py
+
+# The privacy pipeline's cost per beacon on the shared captures, in a tight loop on one core.
+bench-pipeline: $(VENV)/.test-deps
+	taskset -c 0 $(BIN)/python bench/pipeline.py
+
+# Per personal-data detector, the share of the utility corpus it leaves unchanged.
+bench-detectors: $(VENV)/.test-deps
+	$(BIN)/python bench/detectors.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -68,12 +68,15 @@ def _explain(args: argparse.Namespace) -> int:
         with open(args.har, encoding="utf-8") as fh:
             beacons = list(har_beacons(json.load(fh)))
     elif args.url:
-        headers = {}
+        headers: dict[str, str] = {}
         for header in args.header:
             name, sep, value = header.partition(":")
             if not sep:
                 raise SystemExit(f"--header {header!r}: expected 'Name: value'")
-            headers[name.strip()] = value.strip()
+            name, value = name.strip(), value.strip()
+            if name.lower() == "cookie" and name in headers:
+                value = f"{headers[name]}; {value}"  # repeated Cookie lines are all read
+            headers[name] = value
         beacons = [
             BeaconInput(
                 url=args.url,

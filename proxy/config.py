@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
+import phonenumbers
 import yaml
 
 from proxy.consent.registry import SourceOptions, default_sources
@@ -112,6 +113,9 @@ class Privacy(_Strict, frozen=True):
     # Per-site overrides of single parameters: name -> keep | drop | scrub.
     overrides: dict[str, Literal["keep", "drop", "scrub"]] = msgspec.field(default_factory=dict)
     pii_detectors: list[str] | None = None  # None: the scrubber's default set
+    # Countries whose national phone formats are recognised (ISO 3166); None: the countries
+    # of consent.regimes, filled in when the configuration is loaded.
+    phone_regions: list[str] | None = None
     forward_debug: bool = False  # forward _dbg (GA DebugView) hits
 
 
@@ -245,7 +249,19 @@ def from_mapping(raw: Mapping[str, Any], env: Mapping[str, str] | None = None) -
     except msgspec.ValidationError as exc:
         raise ConfigError(_name_key(str(exc))) from None
     validate(config)
-    return config
+    return _with_phone_regions(config)
+
+
+def _with_phone_regions(config: Config) -> Config:
+    # Phone numbers are read in the national formats of the countries whose consent regimes
+    # are configured, unless the site names its own.
+    if config.privacy.phone_regions is not None:
+        return config
+    regimes = config.consent.regimes
+    codes = expand_regions([*regimes.opt_in, *regimes.opt_out])
+    regions = sorted({code.partition("-")[0] for code in codes} & phonenumbers.SUPPORTED_REGIONS)
+    privacy = msgspec.structs.replace(config.privacy, phone_regions=regions)
+    return msgspec.structs.replace(config, privacy=privacy)
 
 
 def _with_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
@@ -359,6 +375,11 @@ def validate(config: Config) -> None:
         # Names reach Google unencoded (the policy table's names are plain by construction).
         if not _OVERRIDE_NAME.match(name):
             raise ConfigError(f"privacy.overrides: {name!r} is not a parameter name")
+    for region in config.privacy.phone_regions or ():
+        if region not in phonenumbers.SUPPORTED_REGIONS:
+            raise ConfigError(
+                f"privacy.phone_regions: {region!r} is not a country code libphonenumber knows"
+            )
     regimes = config.consent.regimes
     try:
         opt_in, opt_out = expand_regions(regimes.opt_in), expand_regions(regimes.opt_out)

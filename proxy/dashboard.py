@@ -344,7 +344,9 @@ def parse_explain_request(data: Any) -> tuple[list[BeaconInput], int]:
         url=url,
         method=method,
         body=body,
-        cookie=_text(data, "cookie").strip() or None,
+        # Not checked for encodability: an undecodable cookie is the pipeline's to refuse
+        # (consent_error), as serve refuses it; it is never shown back.
+        cookie=_text(data, "cookie", any_text=True).strip() or None,
         headers={"User-Agent": user_agent} if user_agent else {},
         country=country.upper() or None,
         client_ip=client_ip or None,
@@ -352,11 +354,11 @@ def parse_explain_request(data: Any) -> tuple[list[BeaconInput], int]:
     return [beacon], 1
 
 
-def _text(data: dict[str, Any], key: str) -> str:
+def _text(data: dict[str, Any], key: str, *, any_text: bool = False) -> str:
     value = data.get(key)
     if value is None:
         return ""
-    if not isinstance(value, str) or not _encodable(value):
+    if not isinstance(value, str) or not (any_text or _encodable(value)):
         raise BadInput(f"{key}: expected text")
     return value
 
@@ -371,9 +373,11 @@ def _encodable(value: str) -> bool:
 
 def _check_har_beacon(beacon: BeaconInput) -> None:
     """A HAR is JSON of any shape: what ``har_beacons`` took from it must be text."""
-    texts = [beacon.url, beacon.method, beacon.body, beacon.cookie or ""]
+    texts = [beacon.url, beacon.method, beacon.body]
     texts += [*beacon.headers.keys(), *beacon.headers.values()]
     if not all(isinstance(t, str) and _encodable(t) for t in texts):
+        raise ValueError("not text")
+    if not isinstance(beacon.cookie or "", str):  # undecodable is the pipeline's to refuse
         raise ValueError("not text")
     if beacon.method.upper() not in ("GET", "POST"):
         raise ValueError("method")

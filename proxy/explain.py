@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from proxy.client import parse_address
 from proxy.config import DRY_RUN, EU_ENDPOINT, Config
+from proxy.cookies import join_cookie_lines
 from proxy.geo import GeoDatabase
 from proxy.geo_index import Representatives, load_or_build
 from proxy.pipeline import IncomingRequest, Outcome, Pipeline
@@ -51,10 +52,13 @@ class BeaconInput:
 
     def incoming(self) -> IncomingRequest:
         headers = {k.lower(): v for k, v in self.headers.items()}
+        # The cookie given on its own and any Cookie header are all read, as serve reads
+        # every Cookie line: a denial in any of them wins.
+        cookies = [v for k, v in self.headers.items() if k.lower() == "cookie"]
         return IncomingRequest(
             query=urlsplit(self.url).query,
             body=self.body.encode() if self.method.upper() == "POST" else b"",
-            cookie=self.cookie if self.cookie is not None else headers.get("cookie"),
+            cookie=join_cookie_lines([self.cookie or "", *cookies]),
             user_agent=headers.get("user-agent"),
             gpc=headers.get("sec-gpc", "").strip() == "1",
             dnt=headers.get("dnt", "").strip() == "1",
@@ -75,9 +79,11 @@ def har_beacons(har: Mapping[str, Any]) -> Iterator[BeaconInput]:
         headers = {
             h["name"]: h["value"]
             for h in req.get("headers", [])
-            if not h.get("name", "").startswith(":")
+            if not h.get("name", "").startswith(":") and h.get("name", "").lower() != "cookie"
         }
-        cookie = next((v for k, v in headers.items() if k.lower() == "cookie"), None)
+        cookie = join_cookie_lines(
+            h["value"] for h in req.get("headers", []) if h.get("name", "").lower() == "cookie"
+        )
         if cookie is None and req.get("cookies"):
             cookie = "; ".join(f"{c['name']}={c['value']}" for c in req["cookies"])
         yield BeaconInput(

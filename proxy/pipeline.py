@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from proxy.beacon import MalformedBeacon, encode_sanitised, parse
 from proxy.client import IPAddress, truncate
 from proxy.config import Config, ConfigError
-from proxy.consent.gate import ConsentGate, ConsentVerdict
+from proxy.consent.gate import ConsentGate, ConsentVerdict, unreadable
 from proxy.consent.verdict import ConsentInput
-from proxy.cookies import parse_cookie_header
+from proxy.cookies import UnreadableCookie, parse_cookie_header
 from proxy.geo import GeoDatabase, Place
 from proxy.geo_index import Representatives
 from proxy.mesh import CellCounter, MemoryCellCounter
@@ -60,7 +60,7 @@ class IncomingRequest:
 
     query: str
     body: bytes = b""
-    cookie: str | None = None
+    cookie: str | None = None  # every Cookie line of the request, joined (join_cookie_lines)
     user_agent: str | None = None
     gpc: bool = False
     dnt: bool = False
@@ -177,7 +177,8 @@ class Pipeline:
             beacon = parse(request.query, request.body)
         except MalformedBeacon as exc:
             code = str(exc)
-            return _drop("too_large" if code == "too_large" else "malformed", code)
+            too_large = code in ("too_large", "query_too_long")
+            return _drop("too_large" if too_large else "malformed", code)
         events = beacon.events()
         if request.origin and self._origins and request.origin not in self._origins:
             return _drop("bad_origin", events=len(events), tid=beacon.tid)
@@ -202,15 +203,24 @@ class Pipeline:
         else:
             place = Place(request.country, request.region)
         regime = self._regimes.regime(place.country, place.region)
-        consent = self._gate.decide(
-            ConsentInput(parse_cookie_header(request.cookie), events, self._clock()),
-            gpc=request.gpc,
-            dnt=request.dnt,
-            regime=regime,
-        )
+        detail = ""
+        try:
+            cookies = parse_cookie_header(request.cookie)
+        except UnreadableCookie as exc:
+            # Unread, the header could hide a denial: never "no cookie" (serve and explain).
+            consent = unreadable(regime)
+            detail = str(exc)
+        else:
+            consent = self._gate.decide(
+                ConsentInput(cookies, events, self._clock()),
+                gpc=request.gpc,
+                dnt=request.dnt,
+                regime=regime,
+            )
         if not consent.forward:
             return _drop(
                 consent.reason,
+                detail,
                 regime=regime,
                 place=place,
                 consent=consent,

@@ -13,7 +13,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from proxy.config import ConfigError, Privacy
-from proxy.sanitize.pii import PiiScrubber
+from proxy.sanitize.normalize import view
+from proxy.sanitize.pii import DEFAULT_PHONE_REGIONS, PiiScrubber
 from proxy.sanitize.urls import UrlScrubber
 
 BALANCED_QUERY_KEYS = ("utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content")
@@ -31,22 +32,31 @@ SHAPES: dict[str, str] = {
     # flags and small counters
     **dict.fromkeys("_ee _c _ss _nsi seg ir frm are pae _fv gcu gcut dma rcb".split(), r"\d{1,3}"),
     # hit sequence, engagement and timing milliseconds
-    **dict.fromkeys("_s _et tfd".split(), r"\d{1,9}"),
-    "_p": r"0|[1-9]\d{0,11}|1\d{12}",  # page-load id: a random number or epoch milliseconds
-    "sid": r"[1-9]\d{0,9}",  # session start, epoch seconds
+    # (eight digits: 27 hours of engagement; a ninth would make room for an identity number)
+    **dict.fromkeys("_s _et tfd".split(), r"\d{1,8}"),
+    # Page-load id: a random number below 2^31, or epoch milliseconds. Ten digits are kept
+    # only with a leading 1: "2125550199" is a North American phone number, so the random
+    # values from 2,000,000,000 up (7 % of them) are dropped with it.
+    "_p": r"0|[1-9]\d{0,8}|1\d{9}|1\d{12}",
+    "sid": r"[1-9]\d{0,8}|1\d{9}",  # session start, epoch seconds (a leading 1 until 2033)
     "v": r"\d{1,2}",
-    # tag build: digits and letters, as "45je4730v877985709z88933" (never all digits)
-    "gtm": r"(?=.*[A-Za-z])(?!.*\d{13})\d[A-Za-z0-9]{0,63}",
-    "tag_exp": r"(?:0|[1-9]\d{0,11})(?:~(?:0|[1-9]\d{0,11}))*",  # experiment ids
+    # Tag build: one or two digits, then letters and digits, as "45je4730v877985709z88933":
+    # every digit run is glued to letters, where no detector's number can stand.
+    "gtm": r"(?=.*[A-Za-z])(?!.*\d{13})\d{1,2}[A-Za-z][A-Za-z0-9]{0,62}",
+    # Experiment ids: nine digits each, as gtag sends them (a card split in short runs, no).
+    "tag_exp": r"0|[1-9]\d{8}(?:~[1-9]\d{8})*",
     "gcd": r"\d{1,2}(?:[A-Za-z]\d?){0,24}",  # consent defaults, as "13l3l3l3l1l1"
     "gcs": r"G1[01-]{2}",
     "cu": r"[A-Za-z]{3}",
-    "ul": r"(?!.*\d-\d)[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8}){0,3}",
+    # language-script-region: letters, or a three-digit UN region ("es-419")
+    "ul": r"[A-Za-z]{2,3}(?:-(?:[A-Za-z]{2,8}|\d{3})){0,3}",
     "tid": r"G-[A-Z0-9]{4,20}",
 }
 # Short gtag-internal tokens whose values are not documented: the shape, and then nothing
 # the personal-data scrubber finds (cheap on what gtag sends: letters, no long digit runs).
-SCANNED_TOKENS = dict.fromkeys("_eu _tu _z gaf dma_cps pscdl".split(), r"[A-Za-z0-9_~.-]{0,160}")
+SCANNED_TOKENS = dict.fromkeys(
+    "_eu _tu _z gaf dma_cps pscdl".split(), r"(?!.*\d{7})[A-Za-z0-9_~.-]{0,160}"
+)
 CONSENT_FLAGS = frozenset("gcs gcd gcu gcut dma dma_cps pscdl".split())
 IDENTIFIERS = [
     "uid",
@@ -112,15 +122,26 @@ SCREEN_CLASSES = (
 )
 LARGEST_SCREEN = (3840, 2160)
 
-# GA's event-name shape; never a card's digit run or an IBAN after an underscore.
+# GA's event-name shape; never a run of seven digits (a phone or identity number), an IBAN
+# after an underscore, or an address written with underscores ("x_jane_doe_example_org").
 _EVENT_NAME = re.compile(
-    r"^(?!.*\d{13})(?!.*(?<![A-Za-z0-9])[A-Za-z]{2}\d{2}[A-Za-z0-9]{11})[A-Za-z][A-Za-z0-9_]{0,39}$"
+    r"^(?!.*\d{7})(?!.*(?<![A-Za-z0-9])[A-Za-z]{2}\d{2}[A-Za-z0-9]{11})"
+    r"(?!.*_[A-Za-z0-9-]+_(?:com|org|net|edu|gov|io|co|uk|de|fr|es|it|nl|eu|info|me|biz)$)"
+    r"[A-Za-z][A-Za-z0-9_]{0,39}$"
 )
-# No leading zero (a phone's trunk prefix) and at most 12 integer digits (no card number).
-_NUMBER = re.compile(r"^-?(?:0|[1-9]\d{0,11})(\.\d{1,6})?$")
+# No leading zero (a phone's trunk prefix), at most eight digits in all: 99,999,999, or
+# 999,999.99 with cents. A ninth would make room for a phone or identity number.
+_NUMBER = re.compile(r"^-?(?!(?:\D*\d){9})(?:0|[1-9]\d*)(\.\d{1,6})?$")
 _SCREEN = re.compile(r"^(\d{2,5})x(\d{2,5})$")
-# A host name, never an IPv4 address: a page served at an address would forward one.
-_HOSTNAME = re.compile(r"^(?!.*\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3})[a-z0-9.-]{1,253}$")
+# A value that is a URL, one inside free text, and a path (no space: "/ month" is text).
+_ABSOLUTE_URL = re.compile(r"\s*[A-Za-z][A-Za-z0-9+.-]*://\S*\s*$")
+_EMBEDDED_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s<>\"'`]+")
+_PATH_VALUE = re.compile(r"/\S*$")
+# A host name, never an IPv4 address: a page served at an address would forward one. Nor a
+# numeric last label: no top-level domain is a number, so that is an address too.
+_HOSTNAME = re.compile(
+    r"^(?!.*\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3})(?!(?:.*\.)?\d+\.?$)[a-z0-9.-]{1,253}$"
+)
 
 
 class Action(enum.Enum):
@@ -190,14 +211,43 @@ def _note(ctx: EventContext, detail: Iterable[str]) -> None:
         ctx.notes.extend(detail)
 
 
-def _scrub_text(pii: PiiScrubber, limit: int) -> RuleFn:
+def _scrub_text(pii: PiiScrubber, limit: int, urls: UrlScrubber | None = None) -> RuleFn:
+    # The whole value is scanned, and cut to the limit only afterwards. With ``urls``, a
+    # value that is a URL, or holds one, gets the page URL's treatment first (query and
+    # fragment removed, identifiers in the path replaced), whatever its parameter's name.
     def scrub(value: str, ctx: EventContext) -> str | None:
-        text, fired = pii.scrub(value[: limit * 2])
+        if urls is not None and ("://" in value or value[:1] == "/" or "%" in value):
+            url_safe = _urls_in_text(urls, value, ctx)
+            if url_safe is None:
+                return None
+            value = url_safe
+        text, fired = pii.scrub_truncated(value, limit)
         if fired:
             _note(ctx, fired)
-        return text[:limit]
+        return text
 
     return scrub
+
+
+def _urls_in_text(urls: UrlScrubber, value: str, ctx: EventContext) -> str | None:
+    seen = view(value)
+    if "://" not in seen:
+        if seen[:1] == "/" and _PATH_VALUE.match(seen):
+            path, fired = urls.path(seen)  # file_name, a page path: a path's treatment
+            _note(ctx, fired)
+            return path
+        return value
+    if _ABSOLUTE_URL.match(seen):
+        url, fired = urls.page(seen.strip())
+        _note(ctx, fired)
+        return url  # None (dropped) for an unparseable URL or an address as its host
+
+    def replace(match: re.Match[str]) -> str:
+        url, fired = urls.page(match.group())
+        _note(ctx, fired)
+        return url or "[url]"
+
+    return _EMBEDDED_URL.sub(replace, seen)
 
 
 def _page_url(urls: UrlScrubber) -> RuleFn:
@@ -286,28 +336,28 @@ def _shaped(pattern: str) -> RuleFn:
 
 
 def _item(pii: PiiScrubber) -> RuleFn:
-    def standard_tokens(text: str, ctx: EventContext) -> str:
-        kept = []
-        for token in text.split("~"):
-            if token[:2] in ITEM_KEYS:
-                kept.append(token[: 2 + TEXT_LIMIT])
-            else:
-                _note(ctx, ("item_custom",))
-        return "~".join(kept)
-
     def item(value: str, ctx: EventContext) -> str | None:
-        tokens = []
-        for token in standard_tokens(value, ctx).split("~"):
-            text, fired = pii.scrub(token[2:])
-            _note(ctx, fired)
-            tokens.append(token[:2] + text)
-        joined = "~".join(tokens)
-        # Personal data can also straddle the "~" separators: check the whole once more.
-        text, fired = pii.scrub(joined)
-        if fired:
-            _note(ctx, fired)
-            joined = standard_tokens(text, ctx)
-        return joined or None
+        tokens, values = [], []
+        for token in value.split("~"):
+            key = token[:2]
+            if key not in ITEM_KEYS:
+                _note(ctx, ("item_custom",))
+                continue
+            # The whole token is scanned, then cut: a cut first would keep half an address.
+            text, fired = pii.scrub_truncated(token[2:], TEXT_LIMIT)
+            if fired:
+                _note(ctx, fired)
+                # A scrubbed token has a "~" of its own only if the view decoded one.
+                text = text.replace("~", " ")
+            tokens.append(key + text)
+            values.append(text)
+        # Personal data can also be split across fields ("~c2zelda.quux~c3@example.org"):
+        # the values read together, a space between each, must be clean too, or the item
+        # is dropped whole.
+        if len(values) > 1 and pii.contains_pii(" ".join(values)):
+            _note(ctx, ("item_split",))
+            return None
+        return "~".join(tokens) or None
 
     return item
 
@@ -317,7 +367,14 @@ def compile_policy(
 ) -> Policy:
     """Build the table for ``privacy.profile`` with the site's allow-lists and overrides."""
     balanced = privacy.profile == "balanced"
-    pii = pii or PiiScrubber(*(() if privacy.pii_detectors is None else (privacy.pii_detectors,)))
+    regions = tuple(
+        DEFAULT_PHONE_REGIONS if privacy.phone_regions is None else privacy.phone_regions
+    )
+    if pii is None:
+        if privacy.pii_detectors is None:
+            pii = PiiScrubber(phone_regions=regions)
+        else:
+            pii = PiiScrubber(privacy.pii_detectors, phone_regions=regions)
     query_keys = list(privacy.url_query_allowlist)
     if balanced:
         query_keys = [*BALANCED_QUERY_KEYS, *query_keys]
@@ -325,9 +382,12 @@ def compile_policy(
     internal = frozenset(filter(None, (UrlScrubber.host(o + "/") for o in allowed_origins)))
 
     text = Rule("pii", Action.SCRUBBED, _scrub_text(pii, TEXT_LIMIT))
+    # Event parameters may carry URLs (link_url, page_location, file_name, ...): those get
+    # the page URL's treatment, whatever the allow-list says.
+    event_text = Rule("pii", Action.SCRUBBED, _scrub_text(pii, TEXT_LIMIT, urls))
     table: dict[str, Rule] = {}
     # The never-forwarded guarantee holds whatever detectors a site chose for its own text.
-    full = PiiScrubber()
+    full = PiiScrubber(phone_regions=regions)
     for name, pattern in SHAPES.items():
         kind = "consent_flag" if name in CONSENT_FLAGS else "technical"
         table[name] = Rule(kind, Action.DROPPED, _shaped(pattern))
@@ -344,7 +404,7 @@ def compile_policy(
     table["dp"] = Rule("url", Action.GENERALISED, _page_path(urls))
     table["dh"] = Rule("hostname", Action.DROPPED, _hostname(full))
     table["dr"] = Rule("referrer", Action.GENERALISED, _referrer(urls, internal, balanced))
-    table["dt"] = Rule("pii", Action.SCRUBBED, _scrub_text(pii, TITLE_LIMIT))
+    table["dt"] = Rule("pii", Action.SCRUBBED, _scrub_text(pii, TITLE_LIMIT, urls))
     table["sct"] = Rule("session_count", Action.DROPPED, _shaped(r"\d{1,6}") if balanced else None)
     table["sr"] = (
         Rule("screen_class", Action.GENERALISED, _screen_class)
@@ -360,7 +420,7 @@ def compile_policy(
     table.update({f"pr{i}": item for i in range(1, MAX_ITEMS + 1)})
     number = Rule("number", Action.DROPPED, _number)
     for name in privacy.event_params:
-        table[f"ep.{name}"] = text
+        table[f"ep.{name}"] = event_text
         table[f"epn.{name}"] = number
     if balanced:
         user_text = Rule("pii", Action.SCRUBBED, _scrub_text(pii, USER_PROPERTY_LIMIT))

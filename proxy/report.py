@@ -38,6 +38,7 @@ from proxy.policy import (
     IDENTIFIERS,
     LARGEST_SCREEN,
     SCREEN_CLASSES,
+    SHAPES,
     TEXT_LIMIT,
     TITLE_LIMIT,
     USER_PROPERTY_LIMIT,
@@ -76,14 +77,18 @@ EXTERNAL = "https://other-site.example"
 CLICK_IDS = ("gclid", "gbraid", "wbraid", "dclid", "fbclid", "msclkid", "_gl", "mc_eid")
 ROUTING_KEYS = ("page", "id", "q")
 # GA4 event parameters whose values are URLs (enhanced measurement and page fields).
-URL_EVENT_PARAMS = frozenset({"page_location", "page_referrer", "link_url", "video_url"})
+URL_EVENT_PARAMS = frozenset({"page_location", "page_referrer", "link_url", "video_url",
+                              "link_domain", "file_name"})
 # §2 "never forwarded" values, as a site's own tagging could place them: the same canaries
 # the tests inject through the pipeline.
-VALUE_CANARIES = {
-    "email": ("An e-mail address", "jane.doe@example.com"),
-    "phone": ("A phone number", "0612345678"),
-    "card": ("A payment card number (Luhn)", "4111111111111111"),
-    "iban": ("An IBAN", "FR7630006000011234567890189"),
+VALUE_CANARIES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "email": ("An e-mail address", ("jane.doe@example.com",)),
+    # National (trunk 0), North American with and without its 1, international.
+    "phone": ("A phone number", ("0612345678", "2125550199", "12125550199", "+442079460958")),
+    "card": ("A payment card number (Luhn)", ("4111111111111111",)),
+    "iban": ("An IBAN", ("FR7630006000011234567890189",)),
+    # A US SSN or Dutch BSN as a field of digits can hold it: nine digits, no separator.
+    "national_id": ("A national identity number", ("536221234",)),
 }
 NEVER_HEADERS = ("Cookie", "X-Forwarded-*", "Referer", "Origin", "Accept-Language", "sec-ch-*")
 
@@ -399,8 +404,11 @@ def _facts(config: Config) -> _Facts:
             loosened[name] = action
 
     passes = {
-        kind: tuple(n for n, r in forwarded.items() if _lets_through(n, r, canary, keys))
-        for kind, (_, canary) in VALUE_CANARIES.items()
+        kind: tuple(
+            n for n, r in forwarded.items()
+            if any(_lets_through(n, r, canary, keys) for canary in canaries)
+        )
+        for kind, (_, canaries) in VALUE_CANARIES.items()
     }
     return _Facts(
         config=config,
@@ -414,8 +422,11 @@ def _facts(config: Config) -> _Facts:
         internal_ref_query=internal_ref_query,
         external_ref=external_ref,
         external_probe=external_probe,
+        # Event parameters that forward a URL's query, found by running each rule on a URL:
+        # a value that is a URL gets the page URL's treatment unless an override keeps it.
         url_event_params=tuple(
-            n[3:] for n in forwarded if n.startswith("ep.") and n[3:] in URL_EVENT_PARAMS
+            n[3:] for n, r in forwarded.items()
+            if n.startswith("ep.") and _surviving(r, f"{PAGE}/landing?", keys)
         ),
         fingerprint_open=fingerprint_open,
         fingerprint_closed=tuple(fingerprint_closed),
@@ -435,6 +446,9 @@ def _lets_through(name: str, rule: Rule, canary: str, query_keys: Iterable[str])
         values = [f"/{canary}"]
     elif _ITEM.match(name):
         values = [f"id{canary}", f"nm{canary}"]
+    elif name in SHAPES:
+        # Alone, and glued inside a tag-build token as gtag writes digit runs there.
+        values = [canary, f"45je{canary}z8"]
     else:
         values = [canary]
     return any(canary in (apply_rule(rule, v) or "") for v in values)
@@ -871,9 +885,15 @@ def _condition_4(f: _Facts) -> tuple[bool, list[str]]:
         not_met.append(f"{_code(names)} carry URLs and are forwarded with their query")
     if not_met:
         return False, not_met
-    return True, ["page URLs (`dl`, `dp`, internal `dr`) lose their whole query (UTM tags, "
-                  "click ids, routing keys) and fragment; identifier-like path segments become "
-                  f"markers; the campaign fields {_code(CAMPAIGN)} are dropped"]
+    why = ["page URLs (`dl`, `dp`, internal `dr`) lose their whole query (UTM tags, "
+           "click ids, routing keys) and fragment; identifier-like path segments become "
+           f"markers; the campaign fields {_code(CAMPAIGN)} are dropped"]
+    events = [n for n in f.forwarded if n.startswith("ep.")]
+    if events:
+        carriers = [n for n in events if n[3:] in URL_EVENT_PARAMS] or events
+        why.append(f"event parameters whose value is a URL ({_code(carriers)}, and any other "
+                   "value that is or holds an absolute URL) get the page URL's treatment")
+    return True, why
 
 
 def _condition_5(f: _Facts) -> tuple[bool, list[str]]:

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler, Middleware
 from multidict import CIMultiDict
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -32,6 +33,7 @@ from proxy.beacon import MAX_BODY
 from proxy.client import ClientAddressResolver
 from proxy.config import Config
 from proxy.consent.registry import source_type
+from proxy.cookies import join_cookie_lines
 from proxy.dashboard import RecentAudit, no_audit
 from proxy.forward import HttpSender, Outbox, Sender, StdoutSender
 from proxy.geo import GeoDatabase
@@ -40,6 +42,7 @@ from proxy.mesh import MemoryCellCounter, RedisCellCounter
 from proxy.metrics import Metrics
 from proxy.periodic import raise_if_cancelled
 from proxy.pipeline import DROP_REASONS, IncomingRequest, Pipeline
+from proxy.protocol import PUBLIC_LIMITS, OnRefused, Runner
 from proxy.pseudonym import Pseudonymizer
 from proxy.ratelimit import MemoryCounters, RateLimiter, RedisCounters
 from proxy.spill import MemorySpill, RedisSpill, Spill
@@ -77,6 +80,7 @@ PROBE_TIMEOUT = 1.0
 REDIS_POOL_SIZE = 16  # connections per process for the outbox; callers wait for a free one
 REDIS_TIMEOUT = 2.0  # seconds for a connection, a free pool slot or an answer
 STATUS_OF = {"malformed": 400, "too_large": 413}
+STATUS_OF_DETAIL = {"query_too_long": 414}  # the query alone: the request line is too long
 CORS_METHODS = "GET, POST, OPTIONS"
 ADMIN_REALM = "analytics-proxy"
 
@@ -91,7 +95,9 @@ def init_app(
     """The public application. ``sender`` replaces the configured upstream (tests, explain);
     ``audit`` and ``visitors`` are shared with the admin application, which serves them."""
     app = web.Application(
-        client_max_size=MAX_BODY, handler_args={"access_log": None}, middlewares=[_never_500]
+        client_max_size=MAX_BODY,
+        handler_args={"access_log": None, **PUBLIC_LIMITS},
+        middlewares=[_never_500],
     )
     app[CONFIG] = config
     app[METRICS] = metrics or Metrics()
@@ -389,11 +395,16 @@ async def collect(request: web.Request) -> web.Response:
         metrics.drop("too_large")
         audit.observe_drop("too_large", request.rel_url.raw_query_string)
         return web.Response(status=413, headers=headers)
+    except (web.RequestPayloadError, HttpProcessingError):
+        # A body the parser could not read (broken chunked encoding): the client's, no 503.
+        metrics.drop("malformed")
+        audit.observe_drop("malformed", request.rel_url.raw_query_string)
+        return web.Response(status=400, headers=headers)
     h = request.headers
     incoming = IncomingRequest(
         query=request.rel_url.raw_query_string,
         body=body,
-        cookie=h.get("Cookie"),
+        cookie=join_cookie_lines(h.getall("Cookie", ())),
         user_agent=h.get("User-Agent"),
         gpc=h.get("Sec-GPC", "").strip() == "1",
         dnt=h.get("DNT", "").strip() == "1",
@@ -416,7 +427,27 @@ async def collect(request: web.Request) -> web.Response:
         metrics.drop(outcome.reason)
     audit.observe(outcome, incoming.query, sampled=sampled)
     # The answer never waits for Google and never sets a cookie.
-    return web.Response(status=STATUS_OF.get(outcome.reason, 204), headers=headers)
+    status = STATUS_OF_DETAIL.get(outcome.detail) or STATUS_OF.get(outcome.reason, 204)
+    return web.Response(status=status, headers=headers)
+
+
+def public_runner(app: web.Application) -> Runner:
+    """The public application's runner. A request aiohttp refuses before any handler runs
+    (request line or headers too long, unparseable) is a dropped beacon: counted, audited."""
+    metrics, audit = app[METRICS], app[AUDIT]
+
+    def refused(reason: str) -> None:
+        metrics.received.inc()
+        metrics.drop(reason)
+        audit.observe_drop(reason)
+
+    return Runner(app, access_log=None, on_refused=refused)
+
+
+def admin_runner(app: web.Application, on_refused: OnRefused | None = None) -> Runner:
+    """The admin application's runner: refused requests are answered the same way (no
+    address in the logs) but are not beacons, so not counted."""
+    return Runner(app, access_log=None, on_refused=on_refused)
 
 
 def _shed(request: web.Request, headers: dict[str, str]) -> web.Response:
@@ -552,10 +583,10 @@ async def run(
     audit = make_audit(config, metrics)
     visitors = DailyVisitors()
     app = init_app(config, metrics, sender, audit, visitors)
-    runners = [web.AppRunner(app, access_log=None)]
+    runners = [public_runner(app)]
     if serve_admin:
         admin = init_admin_app(config, metrics, audit, visitors=visitors)
-        runners.append(web.AppRunner(admin, access_log=None))
+        runners.append(admin_runner(admin))
     for runner in runners:
         await runner.setup()
     sites = [

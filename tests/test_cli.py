@@ -70,6 +70,13 @@ def test_explain_drop_names_the_reason(capsys: Any, config_file: Path) -> None:
     assert result["regime"] == "opt_in"
 
 
+def test_explain_reads_every_cookie_header_given(capsys: Any, config_file: Path) -> None:
+    code, out = run_cli(capsys, "explain", "--config", str(config_file), "--json",
+                        "--header", "Cookie: analytics_consent=denied",
+                        "--header", "Cookie: analytics_consent=granted", HIT["url"])
+    assert (code, json.loads(out)["reason"]) == (0, "denied")
+
+
 def test_explain_text_is_readable(capsys: Any, config_file: Path) -> None:
     _, out = run_cli(capsys, "explain", "--config", str(config_file),
                      "--cookie", "analytics_consent=granted", HIT["url"])

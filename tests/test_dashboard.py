@@ -29,6 +29,7 @@ from playwright.sync_api import expect, sync_playwright
 
 from proxy import dashboard
 from proxy.config import ConfigError, from_mapping
+from proxy.cookies import MAX_COOKIE_HEADER
 from proxy.dashboard import (
     AUDIT_LIMIT,
     CONTENT_SECURITY_POLICY,
@@ -50,6 +51,7 @@ UA = (
     "Chrome/122.0.6261.69 Safari/537.36"
 )
 GRANTED = "analytics_consent=granted"
+DENIED = "analytics_consent=denied"
 CLIENT_IP = "81.2.69.160"
 TIDS = sorted({h["url"].split("tid=")[1].split("&")[0] for h in GA4_HITS})
 FORWARDABLE = [h for h in GA4_HITS if "gcs=G100" not in h["url"] and "G-XXXXX&" not in h["url"]]
@@ -415,6 +417,34 @@ async def test_explain_takes_a_bare_query_string(admin: TestClient) -> None:
     query = urlsplit(FORWARDABLE[0]["url"]).query
     status, answer = await explain(admin, {"url": query, "cookie": GRANTED})
     assert status == 200 and answer["results"][0]["decision"] == "forward"
+
+
+@pytest.mark.parametrize(
+    "cookie",
+    [GRANTED + "; pad=" + "x" * MAX_COOKIE_HEADER, GRANTED + "; x=\udcff"],
+    ids=["too large", "undecodable"],
+)
+async def test_an_unreadable_cookie_is_a_consent_error_as_in_serve(
+    admin: TestClient, cookie: str
+) -> None:
+    # US is opt-out: without any cookie the regime default forwards; unread, never.
+    beacon = {"url": FORWARDABLE[0]["url"], "user_agent": UA, "country": "US"}
+    _, answer = await explain(admin, beacon)
+    assert answer["results"][0]["reason"] == "default"
+    status, answer = await explain(admin, {**beacon, "cookie": cookie})
+    assert status == 200
+    (result,) = answer["results"]
+    assert (result["decision"], result["reason"]) == ("drop", "consent_error")
+    assert "udcff" not in json.dumps(answer) and "xxxx" not in json.dumps(answer)
+
+
+async def test_every_cookie_line_of_a_har_request_counts(admin: TestClient) -> None:
+    har = json.loads(har_of([FORWARDABLE[0]], GRANTED))
+    har["log"]["entries"][0]["request"]["headers"].append({"name": "cookie", "value": DENIED})
+    status, answer = await explain(admin, {"har": json.dumps(har)})
+    assert status == 200
+    assert (answer["results"][0]["decision"], answer["results"][0]["reason"]) == (
+        "drop", "denied")
 
 
 def har_of(hits: list[dict[str, str]], cookie: str) -> str:

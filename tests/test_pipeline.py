@@ -9,8 +9,10 @@ from urllib.parse import parse_qsl, urlsplit
 import msgspec
 import pytest
 
+from proxy.beacon import MAX_QUERY
 from proxy.config import Config, from_mapping
 from proxy.consent.registry import source_type
+from proxy.cookies import MAX_COOKIE_HEADER
 from proxy.pipeline import IncomingRequest, Pipeline
 from proxy.pseudonym import Pseudonymizer
 from proxy.state import MemoryState
@@ -233,3 +235,36 @@ async def test_rate_limited_network_is_dropped_before_consent() -> None:
                                      client_ip=ipaddress.ip_address("198.51.100.1")))
     assert reasons == ["granted", "granted", "rate_limited"]
     assert other.reason == "granted"
+
+
+OVER_LIMIT_COOKIE = GRANTED + "; pad=" + "x" * MAX_COOKIE_HEADER
+UNDECODABLE_COOKIE = GRANTED + "; x=\udcff"
+
+
+@pytest.mark.parametrize(
+    ("cookie", "detail"),
+    [(OVER_LIMIT_COOKIE, "cookie_too_large"), (UNDECODABLE_COOKIE, "cookie_undecodable")],
+    ids=["too large", "undecodable"],
+)
+@pytest.mark.parametrize("country", ["US", "DE", None])
+async def test_an_unreadable_cookie_header_drops_as_consent_error_in_every_regime(
+    cookie: str, detail: str, country: str | None
+) -> None:
+    # In the US (opt-out) "no cookie" would forward by the regime default; unread, the
+    # header could hold a denial, so it drops, even with a grant beside it.
+    outcome = await pipeline().process(request(HIT, cookie=cookie, country=country))
+    assert (outcome.forward, outcome.reason, outcome.detail) == (False, "consent_error", detail)
+    assert outcome.consent is not None and outcome.consent.reason == "consent_error"
+    assert outcome.outbound is None
+
+
+async def test_without_any_cookie_the_opt_out_default_still_forwards() -> None:
+    outcome = await pipeline().process(request(HIT, country="US"))
+    assert (outcome.forward, outcome.reason) == (True, "default")
+
+
+async def test_a_query_over_the_beacon_limit_is_too_large_not_malformed() -> None:
+    query = urlsplit(HIT["url"]).query + "&pad=" + "x" * MAX_QUERY
+    outcome = await pipeline().process(IncomingRequest(query=query, cookie=GRANTED))
+    assert (outcome.forward, outcome.reason, outcome.detail) == (
+        False, "too_large", "query_too_long")

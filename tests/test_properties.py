@@ -132,6 +132,10 @@ async def test_forwarded_beacon_holds_no_personal_value(
             if name == "_uip":  # the configured location: a truncated network, by design
                 assert value.endswith(".0")
                 continue
+            if name == "cid":
+                # The proxy's own pseudonym, in GA's "<10 digits>.<10 digits>" shape, which
+                # reads as a North American phone number; checked above to differ.
+                continue
             assert not PiiScrubber().scrub(value)[1], (name, value)
 
 

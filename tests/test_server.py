@@ -9,14 +9,17 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from multidict import CIMultiDict
 
-from proxy.beacon import MAX_BODY
+from proxy.beacon import MAX_BODY, MAX_QUERY
 from proxy.config import Config, from_mapping
+from proxy.cookies import MAX_COOKIE_HEADER
 from proxy.logs import JsonFormatter
 from proxy.metrics import Metrics
 from proxy.server import RESOLVER, init_admin_app, init_app
 from tests.capture import Capture
 from tests.conftest import GA4_HITS
+from tests.raw_http import exchange, http_request
 
 GRANTED = "analytics_consent=granted; _ga=GA1.1.1141082648.1693483972; session=abc123"
 CLIENT_IP = "203.0.113.57"
@@ -330,3 +333,76 @@ async def test_an_unexpected_handler_error_is_a_counted_503_not_a_500(
     logged = [JsonFormatter().format(r) for r in caplog.records]
     assert any('"exception": "RuntimeError"' in line for line in logged)
     assert not any(CLIENT_IP in line for line in logged)
+
+
+async def test_every_cookie_line_is_read_and_a_denial_in_any_wins(
+    aiohttp_client: Clients, capture: tuple[Capture, str]
+) -> None:
+    cap, url = capture
+    metrics = Metrics()
+    client = await aiohttp_client(init_app(proxy_config(url), metrics))
+    others = {k: v for k, v in HEADERS.items() if k != "Cookie"}
+    for lines in (
+        [GRANTED, "analytics_consent=denied"],
+        ["analytics_consent=denied", GRANTED],
+    ):
+        headers = CIMultiDict([*others.items(), *(("Cookie", line) for line in lines)])
+        resp = await client.post(hit_target(FORWARDABLE[0]), headers=headers)
+        assert resp.status == 204
+    await client.post(hit_target(FORWARDABLE[0]), headers=HEADERS)  # consented: arrives
+    await cap.wait_for(1)
+    await asyncio.sleep(0.05)
+    assert len(cap.hits) == 1
+    assert metrics.registry.get_sample_value(
+        "analytics_proxy_beacons_dropped_total", {"reason": "denied"}) == 2
+
+
+@pytest.mark.parametrize(
+    "cookie_lines",
+    [
+        [GRANTED.encode() + b"; pad=" + b"x" * MAX_COOKIE_HEADER],  # one line, under 431's limit
+        [GRANTED.encode(), b"a=" + b"x" * (MAX_COOKIE_HEADER // 2), b"b=" + b"x" * 9000],
+        [GRANTED.encode() + b"; x=\xff\xfe"],  # not UTF-8
+    ],
+    ids=["one line too large", "lines too large together", "undecodable"],
+)
+async def test_an_unreadable_cookie_header_is_a_counted_consent_error_not_no_cookie(
+    aiohttp_client: Clients, capture: tuple[Capture, str], cookie_lines: list[bytes]
+) -> None:
+    cap, url = capture
+    metrics = Metrics()
+    # No geo database: the regime is "unknown", here configured to forward without a cookie.
+    config = proxy_config(url, consent={"defaults": {"unknown": "forward"}})
+    client = await aiohttp_client(init_app(config, metrics))
+    headers = [f"{k}: {v}".encode() for k, v in HEADERS.items() if k != "Cookie"]
+    cookies = [b"Cookie: " + line for line in cookie_lines]
+    target = hit_target(FORWARDABLE[0]).encode()
+    status, _ = await exchange(client.port, http_request(
+        target, *headers, *cookies, b"Connection: close", method=b"POST"))
+    assert status == 204
+    status, _ = await exchange(client.port, http_request(  # no cookie: the default forwards
+        target, *headers, b"Connection: close", method=b"POST"))
+    assert status == 204
+    await cap.wait_for(1)
+    await asyncio.sleep(0.05)
+    assert len(cap.hits) == 1
+    assert metrics.registry.get_sample_value(
+        "analytics_proxy_beacons_dropped_total", {"reason": "consent_error"}) == 1
+
+
+async def test_the_largest_query_the_beacon_parser_reads_reaches_it(
+    aiohttp_client: Clients, capture: tuple[Capture, str]
+) -> None:
+    cap, url = capture
+    metrics = Metrics()
+    client = await aiohttp_client(init_app(proxy_config(url), metrics))
+    query = "v=2&tid=G-TEST1234&cid=111.222&en=page_view&ep.pad="
+    query += "x" * (MAX_QUERY - len(query))
+    assert len(query) == MAX_QUERY
+    resp = await client.get(f"/g/collect?{query}", headers=HEADERS)
+    assert resp.status == 204
+    assert len(await cap.wait_for(1)) == 1
+    resp = await client.get(f"/g/collect?{query}x", headers=HEADERS)  # one byte over
+    assert resp.status == 414
+    assert metrics.registry.get_sample_value(
+        "analytics_proxy_beacons_dropped_total", {"reason": "too_large"}) == 1

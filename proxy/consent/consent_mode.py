@@ -1,7 +1,9 @@
 """Google Consent Mode: the ``gcs`` and ``gcd`` parameters gtag puts on each event (§3).
 
 ``gcd`` decides whenever its analytics letter decodes, because ``gcs`` shows only the effective
-state: a site whose *default* is "granted" sends ``G1x1`` without any user choice.
+state: a site whose *default* is "granted" sends ``G1x1`` without any user choice. A denial
+wins from either parameter, though: ``gcs=G1x0`` beside a ``gcd`` whose letter reads "not set"
+(or even "granted") is advanced Consent Mode's cookieless ping, never a consent.
 """
 
 from __future__ import annotations
@@ -50,15 +52,19 @@ def gcd_letter_verdict(letter: str) -> Verdict | None:
 
 def event_verdict(params: Mapping[str, str]) -> Verdict:
     """One event's analytics consent from its effective parameters."""
+    from_gcd = None
     gcd = params.get("gcd")
     if gcd is not None and len(gcd) > GCD_ANALYTICS_INDEX:
         from_gcd = gcd_letter_verdict(gcd[GCD_ANALYTICS_INDEX])
-        if from_gcd is not None:
-            return from_gcd
+    from_gcs = None
     gcs = params.get("gcs")
     if gcs is not None and len(gcs) >= 4 and gcs.startswith("G1"):
-        return _GCS_VERDICTS.get(gcs[3], Verdict.ABSTAIN)
-    return Verdict.ABSTAIN
+        from_gcs = _GCS_VERDICTS.get(gcs[3], Verdict.ABSTAIN)
+    if Verdict.DENY in (from_gcd, from_gcs):
+        return Verdict.DENY
+    if from_gcd is not None:
+        return from_gcd
+    return from_gcs if from_gcs is not None else Verdict.ABSTAIN
 
 
 def compile_source(options: ConsentModeOptions) -> ConsentSource:

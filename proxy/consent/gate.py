@@ -22,6 +22,12 @@ class ConsentVerdict:
     verdicts: tuple[tuple[str, Verdict], ...]  # every source's reading, in configured order
 
 
+def unreadable(regime: Regime) -> ConsentVerdict:
+    """The decision when the evidence cannot be read (a source raised, or the Cookie header is
+    refused): drop, whatever the regime's default."""
+    return ConsentVerdict(False, "consent_error", None, regime, ())
+
+
 class ConsentGate:
     """Compiled once from ``consent`` configuration; ``decide`` only reads."""
 
@@ -48,7 +54,7 @@ class ConsentGate:
             verdicts = tuple((name, source(inp)) for name, source in self._sources)
         except Exception:
             # A source that raises is a source we cannot read: fail closed.
-            return ConsentVerdict(False, "consent_error", None, regime, ())
+            return unreadable(regime)
         return self._combine(verdicts, gpc=gpc, dnt=dnt, regime=regime)
 
     def _combine(

@@ -15,9 +15,11 @@ import ipaddress
 import re
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
-from urllib.parse import SplitResult, quote, unquote, unquote_plus, urlsplit
+from urllib.parse import SplitResult, quote, unquote_plus, urlsplit
 
+from proxy.sanitize.normalize import view
 from proxy.sanitize.pii import PiiScrubber
+from proxy.sanitize.secrets import MIN_TOKEN, is_random
 
 __all__ = ["DEFAULT_PORTS", "PATH_MARKERS", "UrlScrubber"]
 
@@ -34,6 +36,7 @@ PATH_MARKERS = {
 }
 
 _UNPARSEABLE = ("unparseable",)
+_MARKERS = frozenset(PATH_MARKERS.values())
 
 # urlsplit keeps an LRU cache of the last 128 URLs it split, queries included; the function
 # under the cache (documented functools.update_wrapper attribute) keeps nothing.
@@ -42,19 +45,23 @@ _urlsplit: Callable[[str], SplitResult] = getattr(urlsplit, "__wrapped__", urlsp
 # Letters, digits, "-", "." and "_" (not valid in DNS names, but seen in hosts); Unicode
 # letters because some clients send IDN hosts undecoded.
 _HOST = re.compile(r"[\w.\-]+")
-# A segment without a digit, "@", "%" or ";" cannot hold any identifier the rules look for
-# (the one miss: an all-letter hex run of 24+, which is not a thing in practice).
-_SUSPECT = re.compile(r"[\d@%;]")
+# An ASCII segment without a digit, "@", "%", "&", ";", a bracket or a lower-upper change
+# cannot hold any identifier the rules look for: no number, no address (spelled-out ones have
+# brackets or escaped spaces), no base64 (mixed case). The one miss: an all-letter hex run of
+# 24+, which is not a thing in practice.
+_SUSPECT = re.compile(r"[\d@%;&\[(]|[^\x00-\x7f]|[a-z][A-Z]")
 _ANY_DIGIT = re.compile(r"\d")
 # Nothing a rule looks for fits in fewer characters (a 6-digit id, "1.2.3.4"), bar IPv6
 # addresses such as "1::" and "@a.io": those have a colon or an "@".
 _SHORTEST_SUSPECT = 6
 # "@domain.tld", with or without a local part: in the forwarded URL, the path or "key=" before
 # it would read as one ("/@jane.doe", "?ref=@example.com").
-_AT_DOMAIN = re.compile(r"@[\w-]+(?:\.[\w-]+)+")
+_AT_DOMAIN = re.compile(r"@(?!\d+(?:\.\d+)?x\.[A-Za-z]{2,5}$)[\w-]+(?:\.[\w-]+)+")
 _UUID = re.compile(r"[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}",
                    re.ASCII | re.IGNORECASE)
 _LONG_NUMBER = re.compile(r"\d{6,}")
+# Letters and digits split by "-" or "_" into short runs ("zQ8v-Kp3L_9xTq-Ab2D-mN7w").
+_RUN = re.compile(rf"[A-Za-z0-9](?:[-_]?[A-Za-z0-9]){{{MIN_TOKEN - 1},}}", re.ASCII)
 _TOKEN = re.compile(
     r"(?<![A-Za-z0-9])"
     r"(?:[0-9A-Fa-f]{24,}"                              # hex: hashes, object ids
@@ -70,8 +77,14 @@ class _Parts(NamedTuple):
     authority: str  # host, bracketed if IPv6, and ":port" when not the scheme's default
     split: SplitResult
     userinfo: bool
+    address: bool  # the host is an IP address (not loopback): the URL is never forwarded
 
 
+# A host whose last label is a number (or hex) is an IPv4 address in one of its spellings
+# ("203.0.113.9", "3405803785", "0xcb.0.113.9"): no top-level domain is numeric.
+_NUMERIC_HOST = re.compile(r"(?:^|\.)(?:\d+|0x[0-9a-f]*)\.?$")
+_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1"})
+_ADDRESS_HOST = ("address_host",)
 _PLAIN_HOST = re.compile(r"https?://([A-Za-z0-9.-]+)(?=[/?#]|$)", re.IGNORECASE | re.ASCII)
 
 
@@ -84,6 +97,7 @@ def _split(url: str) -> _Parts | None:
         host = split.hostname  # lower-cased, without user info and brackets
         if not host:
             return None
+        address = ":" in host or bool(_NUMERIC_HOST.search(host))
         if ":" in host:
             ipaddress.IPv6Address(host)
             authority = f"[{host}]"
@@ -91,24 +105,17 @@ def _split(url: str) -> _Parts | None:
             authority = host
         else:
             return None
+        if address and host not in _LOOPBACK_HOSTS:
+            # An address as the host: a visitor's own, for all the proxy knows (a page
+            # saved and opened from a home server, a crafted beacon). A developer's
+            # loopback page is nobody's.
+            return _Parts(scheme, host, authority, split, "@" in split.netloc, True)
         port = split.port  # ValueError when not a number in 0-65535
     except ValueError:
         return None
     if port is not None and port != DEFAULT_PORTS[scheme]:
         authority = f"{authority}:{port}"
-    return _Parts(scheme, host, authority, split, "@" in split.netloc)
-
-
-def _decoded(segment: str) -> str:
-    # Decoded up to three times: "%2540" is an "@" encoded twice, as some trackers forward it.
-    for _ in range(3):
-        if "%" not in segment:
-            break
-        decoded = unquote(segment)
-        if decoded == segment:
-            break
-        segment = decoded
-    return segment
+    return _Parts(scheme, host, authority, split, "@" in split.netloc, False)
 
 
 class UrlScrubber:
@@ -128,13 +135,18 @@ class UrlScrubber:
 
     def page(self, url: str) -> tuple[str | None, tuple[str, ...]]:
         """``dl``: ``scheme://host[:port]/path[?allowed=...]``, and the rules that fired.
-        ``(None, ("unparseable",))`` for anything but a parseable http(s) URL."""
+        ``(None, ("unparseable",))`` for anything but a parseable http(s) URL, and
+        ``(None, ("address_host",))`` for one whose host is an IP address (bar loopback)."""
         parts = _split(url)
         if parts is None:
             return None, _UNPARSEABLE
+        if parts.address:
+            return None, _ADDRESS_HOST
         rules: list[str] = ["userinfo"] if parts.userinfo else []
         split = parts.split
         path = self._path(split.path, rules) if split.path else "/"
+        if split.fragment and not split.query:
+            path = self._fragment_joined(path, split.fragment, rules)
         query = self._query(split.query, rules) if split.query else ""
         if split.fragment:
             rules.append("fragment")
@@ -145,7 +157,7 @@ class UrlScrubber:
         """``dp``: the path with identifier segments replaced; query and fragment dropped.
         ``None`` for an empty value, and with ``("unparseable",)`` for one not starting "/"."""
         rules: list[str] = []
-        path, hash_mark, _ = path.partition("#")
+        path, hash_mark, fragment = path.partition("#")
         path, question_mark, _ = path.partition("?")
         if question_mark:
             rules.append("query")
@@ -155,7 +167,10 @@ class UrlScrubber:
             return None, tuple(rules)
         if path[0] != "/":
             return None, _UNPARSEABLE
-        return self._path(path, rules), tuple(rules)
+        out = self._path(path, rules)
+        if hash_mark and not question_mark:
+            out = self._fragment_joined(out, fragment, rules)
+        return out, tuple(rules)
 
     @staticmethod
     def host(url: str) -> str | None:
@@ -172,9 +187,10 @@ class UrlScrubber:
 
     @staticmethod
     def origin(url: str) -> str | None:
-        """``scheme://host[:port]/`` of an http(s) URL (no user info), or ``None``."""
+        """``scheme://host[:port]/`` of an http(s) URL (no user info), or ``None`` (also
+        when the host is an address)."""
         parts = _split(url)
-        return f"{parts.scheme}://{parts.authority}/" if parts else None
+        return f"{parts.scheme}://{parts.authority}/" if parts and not parts.address else None
 
     def _path(self, path: str, rules: list[str]) -> str:
         if not _SUSPECT.search(path):
@@ -183,20 +199,36 @@ class UrlScrubber:
         for index, segment in enumerate(segments):
             if not segment or not _SUSPECT.search(segment):
                 continue
+            rule = None
             if ";" in segment:
+                # The whole segment first: the ";" may end an entity ("zelda&#64;example.org").
+                rule = self._segment_rule(segment)
                 # Matrix parameters (";jsessionid=...") are URL parameters too.
                 segment = segments[index] = segment.partition(";")[0]
                 _add(rules, "path_params")
-            rule = self._segment_rule(segment)
+            rule = rule or self._segment_rule(segment)
             if rule is not None:
                 segments[index] = PATH_MARKERS[rule]
                 _add(rules, rule)
         return "/".join(segments)
 
+    def _fragment_joined(self, path: str, fragment: str, rules: list[str]) -> str:
+        # "/u/zelda&#64;example.org": the entity's "#" starts the fragment, which is dropped,
+        # but the last segment and the fragment read together hold the address.
+        head, slash, last = path.rpartition("/")
+        if not last or last in _MARKERS:
+            return path
+        rule = self._segment_rule(f"{last}#{fragment}")
+        if rule is None:
+            return path
+        _add(rules, rule)
+        return f"{head}{slash}{PATH_MARKERS[rule]}"
+
     def _segment_rule(self, segment: str) -> str | None:
-        if len(segment) < _SHORTEST_SUSPECT and ":" not in segment and "@" not in segment:
+        if (len(segment) < _SHORTEST_SUSPECT and segment.isascii()
+                and ":" not in segment and "@" not in segment):
             return None  # "2024", "05", "p2": the common case for segments with digits
-        text = _decoded(segment)
+        text = view(segment)
         if "@" in text and _AT_DOMAIN.search(text):
             return "path_email"
         if _ANY_DIGIT.search(text):
@@ -205,7 +237,7 @@ class UrlScrubber:
                 return "path_uuid"
             if _LONG_NUMBER.search(text):
                 return "path_id"
-            if _TOKEN.search(text):
+            if _TOKEN.search(text) or any(is_random(r) for r in _RUN.findall(text)):
                 return "path_token"
             if self._pii.scrub(text)[1]:
                 return "path_pii"

@@ -102,7 +102,6 @@ def test_gcs_alone_reads_the_analytics_character(
         ({"gcs": "G111", "gcd": "13r3r3r3r5l1"}, GRANT),
         ({"gcs": "G100", "gcd": "13p3p3p3p5l1"}, DENY),
         ({"gcs": "G111", "gcd": "13v3u3v3v5l1"}, DENY),
-        ({"gcs": "G100", "gcd": "13q3n3q3q5l1"}, GRANT),
         # gcd decodes to "not set": it still decides, gcs is not consulted.
         ({"gcs": "G111", "gcd": "13l3l3l3l1l1"}, ABSTAIN),
         ({"gcd": "13l3l3l3l1l1"}, ABSTAIN),
@@ -132,6 +131,24 @@ def test_gcd_decides_when_its_analytics_letter_decodes(
     ids=repr,
 )
 def test_gcs_is_the_fallback_when_gcd_is_absent_or_undecodable(
+    params: Mapping[str, str], expected: Verdict
+) -> None:
+    assert verdict(params) is expected
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        # Advanced mode's cookieless ping beside a gcd whose analytics letter is "not set".
+        ({"gcs": "G100", "gcd": "13l3l3l3l1l1"}, DENY),
+        ({"gcs": "G110", "gcd": "13l3l3l3l1"}, DENY),
+        ({"gcs": "G1-0", "gcd": "13t3t3t3t5l1"}, DENY),  # beside a granted default
+        ({"gcs": "G100", "gcd": "13q3n3q3q5l1"}, DENY),  # beside a user grant: contradiction
+        ({"gcs": "G111", "gcd": "13p3p3p3p5l1"}, DENY),  # gcd's denial wins the same way
+    ],
+    ids=repr,
+)
+def test_a_denial_in_either_parameter_denies(
     params: Mapping[str, str], expected: Verdict
 ) -> None:
     assert verdict(params) is expected

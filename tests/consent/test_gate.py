@@ -48,6 +48,9 @@ def decide(
         (GRANTED, "", {}, True, "granted"),
         (DENIED, GRANTED_GCS, {}, False, "denied"),  # any DENY wins over a GRANT
         (GRANTED, "gcs=G100", {}, False, "denied"),
+        # The cookieless ping with gcd's analytics letter "not set": still the ping's denial.
+        (GRANTED, "gcs=G100&gcd=13l3l3l3l1l1", {}, False, "denied"),
+        (GRANTED, "gcs=G100&gcd=13l3l3l3l1l1", {"regime": Regime.OPT_OUT}, False, "denied"),
         ("", "", {}, False, "no_consent"),
         ("", "", {"regime": Regime.UNKNOWN}, False, "no_consent"),
         ("", "", {"regime": Regime.OTHER}, False, "no_consent"),

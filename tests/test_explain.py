@@ -1,0 +1,74 @@
+"""``explain``'s inputs read cookies the way ``serve`` does: every Cookie line, and a header
+it will not read is a ``consent_error`` drop, never "no cookie"."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from proxy.config import from_mapping
+from proxy.cookies import MAX_COOKIE_HEADER
+from proxy.explain import BeaconInput, Explainer, har_beacons
+from tests.conftest import GA4_HITS
+
+GRANTED = "analytics_consent=granted"
+DENIED = "analytics_consent=denied"
+HIT = next(h for h in GA4_HITS if h["id"] == "TV-04")  # no consent parameters of its own
+TIDS = sorted({h["url"].split("tid=")[1].split("&")[0] for h in GA4_HITS} - {"G-XXXXX"})
+UA = "Mozilla/5.0 (X11; Linux x86_64; rv:123.0) Gecko/20100101 Firefox/123.0"
+
+
+@pytest.fixture(scope="module")
+def explainer() -> Explainer:
+    return Explainer(from_mapping({"measurement_ids": TIDS, "upstream": {"url": "stdout"}}, env={}))
+
+
+async def decide(explainer: Explainer, beacon: BeaconInput) -> tuple[str, str]:
+    result = explainer.to_json(await explainer.explain(beacon))
+    return result["decision"], result["reason"]
+
+
+def beacon(**kwargs: Any) -> BeaconInput:
+    kwargs.setdefault("headers", {"User-Agent": UA})
+    return BeaconInput(url=HIT["url"], method=HIT["method"], body=HIT["body"], **kwargs)
+
+
+@pytest.mark.parametrize(
+    "cookie",
+    [GRANTED + "; pad=" + "x" * MAX_COOKIE_HEADER, GRANTED + "; x=\udcff"],
+    ids=["too large", "undecodable"],
+)
+async def test_an_unreadable_cookie_is_a_consent_error_where_no_cookie_would_forward(
+    explainer: Explainer, cookie: str
+) -> None:
+    # US: opt-out, whose default forwards a beacon without any cookie.
+    assert await decide(explainer, beacon(country="US")) == ("forward", "default")
+    assert await decide(explainer, beacon(country="US", cookie=cookie)) == (
+        "drop", "consent_error")
+    headers = {"User-Agent": UA, "Cookie": cookie}
+    assert await decide(explainer, beacon(country="US", headers=headers)) == (
+        "drop", "consent_error")
+
+
+async def test_the_cookie_field_and_a_cookie_header_are_both_read(explainer: Explainer) -> None:
+    both = beacon(cookie=GRANTED, headers={"User-Agent": UA, "Cookie": DENIED})
+    assert await decide(explainer, both) == ("drop", "denied")
+    assert await decide(explainer, beacon(cookie=GRANTED)) == ("forward", "granted")
+
+
+def har(*cookie_lines: str) -> dict[str, Any]:
+    headers = [{"name": "Cookie", "value": line} for line in cookie_lines]
+    headers.append({"name": "User-Agent", "value": UA})
+    request = {"method": HIT["method"], "url": HIT["url"], "headers": headers,
+               "postData": {"text": HIT["body"]}}
+    return {"log": {"entries": [{"request": request}]}}
+
+
+async def test_every_cookie_line_of_a_har_request_is_read(explainer: Explainer) -> None:
+    (only_granted,) = har_beacons(har(GRANTED))
+    assert await decide(explainer, only_granted) == ("forward", "granted")
+    for lines in ((GRANTED, DENIED), (DENIED, GRANTED)):
+        (both,) = har_beacons(har(*lines))
+        assert both.cookie == "; ".join(lines)
+        assert await decide(explainer, both) == ("drop", "denied")
