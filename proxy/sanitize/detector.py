@@ -27,6 +27,7 @@ __all__ = [
     "PatternDetector",
     "features",
     "separator_ends",
+    "substitute",
 ]
 
 # Features of a text, computed once per scan: a detector names the ones a match needs and is
@@ -100,22 +101,29 @@ class PatternDetector:
         if self.confirm is None:
             out, count = self.pattern.subn(self.token, text)
             return out if count else None
-        if self.pattern.search(text) is None:
-            return None  # the usual case, without building the closure below
         confirm, token = self.confirm, self.token
-        hits = 0
+        return substitute(self.pattern, text, lambda match: confirm(match.group(), token))
 
-        def replace(match: re.Match[str]) -> str:
-            nonlocal hits
-            candidate = match.group()
-            new = confirm(candidate, token)
-            if new is None:
-                return candidate
-            hits += 1
-            return new
 
-        out = self.pattern.sub(replace, text)
-        return out if hits else None
+def substitute(
+    pattern: re.Pattern[str], text: str, replacement: Callable[[re.Match[str]], str | None]
+) -> str | None:
+    """``text`` with each match of ``pattern`` replaced by what ``replacement`` returns for
+    it (``None``: left as it is), or ``None`` when nothing was replaced."""
+    if pattern.search(text) is None:
+        return None  # the usual case, without building the closure below
+    hits = 0
+
+    def replace(match: re.Match[str]) -> str:
+        nonlocal hits
+        new = replacement(match)
+        if new is None:
+            return match.group()
+        hits += 1
+        return new
+
+    out = pattern.sub(replace, text)
+    return out if hits else None
 
 
 def separator_ends(candidate: str, separators: str) -> Iterable[int]:

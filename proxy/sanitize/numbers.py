@@ -44,6 +44,7 @@ from proxy.sanitize.detector import (
     HAS_DIGIT,
     PatternDetector,
     separator_ends,
+    substitute,
 )
 
 __all__ = ["PhoneDetector", "card_detector", "iban_detector", "national_id_detector"]
@@ -133,22 +134,15 @@ class PhoneDetector:
         self._plans = self._trunk + self._plain
 
     def __call__(self, text: str) -> str | None:
-        if _PHONE.search(text) is None:
-            return None
-        hits = 0
-
-        def replace(match: re.Match[str]) -> str:
-            nonlocal hits
+        def replace(match: re.Match[str]) -> str | None:
             candidate = match.group()
             found = self._find(candidate)
             if found is None:
-                return candidate
-            hits += 1
+                return None
             start, end = found
             return candidate[:start] + self.token + candidate[end:]
 
-        out = _PHONE.sub(replace, text)
-        return out if hits else None
+        return substitute(_PHONE, text, replace)
 
     def _find(self, candidate: str) -> tuple[int, int] | None:
         """The span of the longest phone number in ``candidate`` that starts and ends on
@@ -337,19 +331,10 @@ class _NationalIdDetector:
     needs: int = HAS_4_DIGITS
 
     def __call__(self, text: str) -> str | None:
-        if _NATIONAL_ID.search(text) is None:
-            return None
-        hits = 0
-
-        def replace(match: re.Match[str]) -> str:
-            nonlocal hits
-            if not _confirm_national_id(match):
-                return match.group()
-            hits += 1
-            return self.token
-
-        out = _NATIONAL_ID.sub(replace, text)
-        return out if hits else None
+        token = self.token
+        return substitute(
+            _NATIONAL_ID, text, lambda match: token if _confirm_national_id(match) else None
+        )
 
 
 def national_id_detector() -> _NationalIdDetector:

@@ -19,7 +19,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from proxy.sanitize.detector import HAS_DIGIT
+from proxy.sanitize.detector import HAS_DIGIT, substitute
 
 __all__ = ["SecretDetector", "base64_detector"]
 
@@ -60,19 +60,12 @@ class SecretDetector:
     needs: int = HAS_DIGIT  # every shape above holds a digit, bar a rare all-letter token
 
     def __call__(self, text: str) -> str | None:
-        if _SECRET.search(text) is None:
-            return None
-        hits = 0
-
-        def replace(match: re.Match[str]) -> str:
-            nonlocal hits
+        def replace(match: re.Match[str]) -> str | None:
             if match.group("certain") is None and not is_random(match.group("run")):
-                return match.group()
-            hits += 1
+                return None
             return self.token
 
-        out = _SECRET.sub(replace, text)
-        return out if hits else None
+        return substitute(_SECRET, text, replace)
 
 
 _BASE64 = re.compile(r"(?<![A-Za-z0-9+/_-])(?=[A-Za-z0-9+/_-]*[a-z])(?=[A-Za-z0-9+/_-]*[A-Z])"
@@ -99,24 +92,17 @@ class _Base64Detector:
     needs: int = 0
 
     def __call__(self, text: str) -> str | None:
-        if _BASE64.search(text) is None:
-            return None
-        hits = 0
-
-        def replace(match: re.Match[str]) -> str:
-            nonlocal hits
+        def replace(match: re.Match[str]) -> str | None:
             run = match.group()
             # "/" is base64's and a path's: the run whole, else each part between slashes.
             parts = [run, *run.split("/")] if "/" in run else [run]
             for part in parts:
                 decoded = _decoded(part) if len(part) >= 12 else None
                 if decoded is not None and self.inner(decoded):
-                    hits += 1
                     return run.replace(part, self.token)
-            return run
+            return None
 
-        out = _BASE64.sub(replace, text)
-        return out if hits else None
+        return substitute(_BASE64, text, replace)
 
 
 def base64_detector(inner: Callable[[str], bool]) -> _Base64Detector:
