@@ -42,7 +42,7 @@ from proxy.mesh import MemoryCellCounter, RedisCellCounter
 from proxy.metrics import Metrics
 from proxy.periodic import raise_if_cancelled
 from proxy.pipeline import DROP_REASONS, IncomingRequest, Pipeline
-from proxy.protocol import PUBLIC_LIMITS, OnRefused, Runner
+from proxy.protocol import PUBLIC_LIMITS, Runner
 from proxy.pseudonym import Pseudonymizer
 from proxy.ratelimit import MemoryCounters, RateLimiter, RedisCounters
 from proxy.spill import MemorySpill, RedisSpill, Spill
@@ -444,10 +444,10 @@ def public_runner(app: web.Application) -> Runner:
     return Runner(app, access_log=None, on_refused=refused)
 
 
-def admin_runner(app: web.Application, on_refused: OnRefused | None = None) -> Runner:
+def admin_runner(app: web.Application) -> Runner:
     """The admin application's runner: refused requests are answered the same way (no
     address in the logs) but are not beacons, so not counted."""
-    return Runner(app, access_log=None, on_refused=on_refused)
+    return Runner(app, access_log=None)
 
 
 def _shed(request: web.Request, headers: dict[str, str]) -> web.Response:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -85,7 +86,10 @@ def parser(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> I
     how they report a bad request: both are served."""
     cls = PARSERS[request.param]
     if cls is None:
-        pytest.skip("aiohttp's C parser is not built here")
+        # aiohttp's wheels ship it: missing means a source build without a compiler.
+        if os.environ.get("CI"):
+            pytest.fail("aiohttp's C parser is not built: serve would run without it")
+        pytest.skip("aiohttp's C parser is not built here (a source install of aiohttp)")
     monkeypatch.setattr(aiohttp.web_protocol, "HttpRequestParser", cls)
     yield request.param
 
@@ -130,13 +134,13 @@ async def test_a_refused_request_gets_its_status_is_counted_and_logs_no_address(
     assert_no_address(caplog.records)
 
 
+# The pure-Python parser only: llhttp reports a broken body as a parse error while the
+# handler waits for the body, which then waits until the client gives up, so there is nothing
+# to answer on that connection (a known gap, in the README's notes on bad requests).
+@pytest.mark.parametrize("parser", ["python"], indirect=True)
 async def test_a_broken_chunked_body_after_the_headers_is_a_counted_400(
     served: Served, parser: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    if parser == "c":
-        # llhttp reports it as a parse error while the handler waits for the body, which
-        # then waits until the client gives up: nothing to answer on that connection.
-        pytest.skip("aiohttp's C parser never ends the body it could not parse")
     caplog.set_level(logging.DEBUG)
     head = http_request(BEACON, XFF, b"Transfer-Encoding: chunked", method=b"POST")
     got, _ = await exchange(served.port, head, b"zz\r\nabc\r\n0\r\n\r\n", pause=0.2)

@@ -16,7 +16,6 @@ from typing import Protocol
 
 __all__ = [
     "HAS_4_DIGITS",
-    "HAS_7_DIGITS",
     "HAS_9_DIGITS",
     "HAS_13_DIGITS",
     "HAS_AT",
@@ -37,9 +36,8 @@ HAS_DIGIT = 1
 HAS_AT = 2
 HAS_COLON = 4
 HAS_4_DIGITS = 8
-HAS_7_DIGITS = 16
-HAS_9_DIGITS = 32
-HAS_13_DIGITS = 64
+HAS_9_DIGITS = 16
+HAS_13_DIGITS = 32
 
 _ANY_DIGIT = re.compile(r"\d").search
 _ALL_DIGITS = re.compile(r"\d").findall
@@ -53,8 +51,6 @@ def features(text: str) -> int:
         present |= HAS_DIGIT
         if digits >= 4:
             present |= HAS_4_DIGITS
-        if digits >= 7:
-            present |= HAS_7_DIGITS
         if digits >= 9:
             present |= HAS_9_DIGITS
         if digits >= 13:

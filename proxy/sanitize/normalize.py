@@ -104,6 +104,7 @@ def view(text: str) -> str:
         # NFKC can make new escapes or entities (fullwidth "%40" is "%40"): decode once more.
         if "%" in out or "&" in out:
             out = _decode(out)
-    if "@" in out or "at" in out.lower() or "dot" in out.lower():
+    lowered = out.lower()
+    if "@" in out or "at" in lowered or "dot" in lowered:
         out = _SPELLED_ADDRESS.sub(_fold_address, out)
     return out

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from proxy.sanitize.detector import HAS_DIGIT, substitute
 
-__all__ = ["SecretDetector", "base64_detector"]
+__all__ = ["SecretDetector", "base64_detector", "has_random_run", "is_random"]
 
 _JWT = r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*"
 _UUID = r"[0-9A-Fa-f]{8}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{12}"
@@ -51,6 +51,14 @@ def is_random(run: str) -> bool:
         return False
     wordy = sum(len(m) for m in _WORDY.findall(chars))
     return wordy * 3 < len(chars)
+
+
+_RUNS = re.compile(rf"(?<![A-Za-z0-9_-]){_RUN}(?![A-Za-z0-9_-])", re.ASCII)
+
+
+def has_random_run(text: str) -> bool:
+    """Whether ``text`` holds a run that ``is_random`` takes for a token."""
+    return any(is_random(run) for run in _RUNS.findall(text))
 
 
 @dataclass(frozen=True, slots=True)

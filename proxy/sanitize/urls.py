@@ -19,7 +19,7 @@ from urllib.parse import SplitResult, quote, unquote_plus, urlsplit
 
 from proxy.sanitize.normalize import view
 from proxy.sanitize.pii import PiiScrubber
-from proxy.sanitize.secrets import MIN_TOKEN, is_random
+from proxy.sanitize.secrets import has_random_run
 
 __all__ = ["DEFAULT_PORTS", "PATH_MARKERS", "UrlScrubber"]
 
@@ -60,8 +60,6 @@ _AT_DOMAIN = re.compile(r"@(?!\d+(?:\.\d+)?x\.[A-Za-z]{2,5}$)[\w-]+(?:\.[\w-]+)+
 _UUID = re.compile(r"[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}",
                    re.ASCII | re.IGNORECASE)
 _LONG_NUMBER = re.compile(r"\d{6,}")
-# Letters and digits split by "-" or "_" into short runs ("zQ8v-Kp3L_9xTq-Ab2D-mN7w").
-_RUN = re.compile(rf"[A-Za-z0-9](?:[-_]?[A-Za-z0-9]){{{MIN_TOKEN - 1},}}", re.ASCII)
 _TOKEN = re.compile(
     r"(?<![A-Za-z0-9])"
     r"(?:[0-9A-Fa-f]{24,}"                              # hex: hashes, object ids
@@ -237,7 +235,8 @@ class UrlScrubber:
                 return "path_uuid"
             if _LONG_NUMBER.search(text):
                 return "path_id"
-            if _TOKEN.search(text) or any(is_random(r) for r in _RUN.findall(text)):
+            # Split runs too ("zQ8v-Kp3L_9xTq-Ab2D-mN7w"), whatever detectors are configured.
+            if _TOKEN.search(text) or has_random_run(text):
                 return "path_token"
             if self._pii.scrub(text)[1]:
                 return "path_pii"
