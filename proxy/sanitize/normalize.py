@@ -52,9 +52,13 @@ def _fold_table() -> dict[int, str | None]:
 
 _FOLD = _fold_table()
 
-# An ASCII value that needs no work: no escape, no entity, no spelled-out "@" or "." and no
-# space around an "@". The words are matched case-insensitively and whole.
-_ASCII_SUSPECT = re.compile(r"[%&]|\s@|@\s|\b(?:at|dot)\b", re.IGNORECASE)
+# Where an address may be spelled out: an "@", or "at"/"dot" between spaces or brackets (any
+# case). Explicit classes rather than IGNORECASE and \b: this runs on most values, and is
+# twice as fast this way.
+_SPELLED_MARK = r"@|[\s\[\(\{<](?:[aA][tT]|[dD][oO][tT])[\s\]\)\}>]"
+# An ASCII value that needs no work: no escape, no entity, nothing spelled out.
+_ASCII_SUSPECT = re.compile(rf"[%&]|{_SPELLED_MARK}")
+_MAY_BE_SPELLED = re.compile(_SPELLED_MARK)
 
 _AT_WORD = r"(?:\s*[\[\(\{<]\s*at\s*[\]\)\}>]\s*|\s+at\s+|\s*@\s*)"
 _DOT_WORD = r"(?:\s*[\[\(\{<]\s*dot\s*[\]\)\}>]\s*|\s+dot\s+|\.)"
@@ -93,18 +97,14 @@ def _decode(text: str) -> str:
 
 def view(text: str) -> str:
     """The normalised view of ``text``; ``text`` itself when it needs no normalising."""
-    if text.isascii():
-        if not _ASCII_SUSPECT.search(text):
-            return text
-        out = _decode(text)
-    else:
-        out = _decode(text)
+    if text.isascii() and not _ASCII_SUSPECT.search(text):
+        return text
+    out = _decode(text)
     if not out.isascii():
         out = unicodedata.normalize("NFKC", out).translate(_FOLD)
         # NFKC can make new escapes or entities (fullwidth "%40" is "%40"): decode once more.
         if "%" in out or "&" in out:
             out = _decode(out)
-    lowered = out.lower()
-    if "@" in out or "at" in lowered or "dot" in lowered:
+    if _MAY_BE_SPELLED.search(out):
         out = _SPELLED_ADDRESS.sub(_fold_address, out)
-    return out
+    return text if out == text else out  # the same object: nothing to scan twice

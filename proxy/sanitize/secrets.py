@@ -76,8 +76,7 @@ class SecretDetector:
         return substitute(_SECRET, text, replace)
 
 
-_BASE64 = re.compile(r"(?<![A-Za-z0-9+/_-])(?=[A-Za-z0-9+/_-]*[a-z])(?=[A-Za-z0-9+/_-]*[A-Z])"
-                     r"[A-Za-z0-9+/_-]{12,}={0,2}", re.ASCII)
+_BASE64 = re.compile(r"(?<![A-Za-z0-9+/_-])[A-Za-z0-9+/_-]{12,}={0,2}", re.ASCII)
 
 
 def _decoded(run: str) -> str | None:
@@ -102,6 +101,8 @@ class _Base64Detector:
     def __call__(self, text: str) -> str | None:
         def replace(match: re.Match[str]) -> str | None:
             run = match.group()
+            if run.islower() or run.isupper() or run.isdigit():
+                return None  # base64 of text has both cases; words and numbers have not
             # "/" is base64's and a path's: the run whole, else each part between slashes.
             parts = [run, *run.split("/")] if "/" in run else [run]
             for part in parts:
