@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 CONFIG ?= config/proxy.yaml
 
-.PHONY: run test lint typecheck bench bench-paired bench-geo bench-pipeline bench-detectors clean
+.PHONY: run test lint typecheck bench bench-paired bench-geo bench-pipeline bench-detectors bench-tag clean
 
 $(BIN)/analytics-proxy: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,13 @@ $(VENV)/.test-deps: $(BIN)/analytics-proxy
 run: $(BIN)/analytics-proxy
 	$(BIN)/analytics-proxy serve --config $(CONFIG)
 
-test: $(VENV)/.test-deps
+# The consent manager the tag's browser test drives (tests/test_tag_browser.py), as locked;
+# reinstalled only when the lock file is newer than what is installed.
+tests/browser/node_modules: tests/browser/package-lock.json
+	npm ci --prefix tests/browser
+	touch $@
+
+test: $(VENV)/.test-deps tests/browser/node_modules
 	$(BIN)/ruff check proxy tests
 	$(BIN)/mypy
 	$(BIN)/pytest
@@ -49,6 +55,10 @@ bench-pipeline: $(VENV)/.test-deps
 # Per personal-data detector, the share of the utility corpus it leaves unchanged.
 bench-detectors: $(VENV)/.test-deps
 	$(BIN)/python bench/detectors.py
+
+# Serving the first-party tag from memory against a static file server; needs wrk.
+bench-tag: $(VENV)/.test-deps
+	$(BIN)/python bench/tag.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

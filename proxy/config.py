@@ -30,7 +30,9 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "ANALYTICS_PROXY_REDIS_URL": ("state", "redis_url"),
     "ANALYTICS_PROXY_UPSTREAM_URL": ("upstream", "url"),
     "ANALYTICS_PROXY_GEO_DATABASE": ("geo", "database"),
+    "ANALYTICS_PROXY_TAG_PUBLIC_URL": ("tag", "public_url"),
 }
+TAG_ORIGIN = "https://www.googletagmanager.com"
 
 _MEASUREMENT_ID = re.compile(r"^G-[A-Z0-9]{4,20}$")
 _DURATION = re.compile(r"^(\d+)\s*([smhd])$")
@@ -190,6 +192,26 @@ class RateLimit(_Strict, frozen=True):
         return parse_duration(self.window)
 
 
+class Tag(_Strict, frozen=True):
+    # GET /gtag/js?id=<measurement id>: Google's tag fetched by the proxy, with every Google
+    # host in it rewritten to public_url, so the visitor's browser contacts the site alone.
+    enabled: bool = True
+    origin: str = TAG_ORIGIN  # where the proxy fetches tags (tests: a loopback server)
+    # The proxy's public origin as browsers reach it (https://stats.example.com). Unset: the
+    # tag is written for this machine and served to loopback requests only (trying it out).
+    public_url: str | None = None
+    ttl: str = "15m"  # served as fresh for this long after a fetch (and Cache-Control max-age)
+    max_stale: str = "7d"  # then served while refreshed, or while Google is unreachable
+
+    @property
+    def ttl_seconds(self) -> int:
+        return parse_duration(self.ttl)
+
+    @property
+    def max_stale_seconds(self) -> int:
+        return parse_duration(self.max_stale)
+
+
 class Log(_Strict, frozen=True):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -208,6 +230,7 @@ class Config(_Strict, frozen=True):
     state: State = State()
     rate_limit: RateLimit = RateLimit()
     audit: Audit = Audit()
+    tag: Tag = Tag()
     log: Log = Log()
 
     @property
@@ -393,6 +416,13 @@ def validate(config: Config) -> None:
             "consent.sources: at least one source, or no beacon is ever forwarded "
             "outside opt-out regions"
         )
+    tag = config.tag
+    if not re.match(r"^https?://[^/\s?#]+/?$", tag.origin):
+        raise ConfigError(f"tag.origin: {tag.origin!r} must be scheme://host[:port]")
+    if tag.public_url is not None and not re.match(r"^https?://[^/\s?#@]+/?$", tag.public_url):
+        raise ConfigError(f"tag.public_url: {tag.public_url!r} must be scheme://host[:port]")
+    _check_duration("tag.ttl", tag.ttl, 60, 86400, "1m and 1d")
+    _check_duration("tag.max_stale", tag.max_stale, 0, 30 * 86400, "0s and 30d")
     if config.admin.token is not None and not config.admin.token.strip():
         # An empty token would leave the admin port open wherever it listens.
         raise ConfigError("admin.token: must not be empty (unset it on a loopback address)")

@@ -21,6 +21,7 @@ from proxy.pipeline import IncomingRequest, Outcome, Pipeline
 from proxy.policy import Action
 from proxy.pseudonym import Pseudonymizer
 from proxy.state import MemoryState
+from proxy.tag.endpoints import is_ads_endpoint
 
 
 @dataclass
@@ -70,11 +71,13 @@ class BeaconInput:
 
 
 def har_beacons(har: Mapping[str, Any]) -> Iterator[BeaconInput]:
-    """Every ``/g/collect`` request of a browser HAR export."""
+    """Every ``/g/collect`` request of a browser HAR export, and every request to an
+    advertising endpoint the tag may call (which serve answers and never forwards)."""
     for entry in har.get("log", {}).get("entries", []):
         req = entry.get("request", {})
         url = req.get("url", "")
-        if not urlsplit(url).path.endswith("/g/collect"):
+        path = urlsplit(url).path
+        if not (path.endswith("/g/collect") or is_ads_endpoint(path)):
             continue
         headers = {
             h["name"]: h["value"]
@@ -115,6 +118,9 @@ class Explainer:
         self._upstream = EU_ENDPOINT if config.upstream.url == DRY_RUN else config.upstream.url
 
     async def explain(self, beacon: BeaconInput) -> Outcome:
+        if is_ads_endpoint(urlsplit(beacon.url).path):
+            # As serve answers it: the tag is told 204, nothing is forwarded.
+            return Outcome(forward=False, reason="ads_endpoint")
         return await self._pipeline.process(beacon.incoming(), trace=True)
 
     def to_json(self, outcome: Outcome) -> dict[str, Any]:

@@ -38,6 +38,8 @@ STATUS_CLASSES = ("2xx", "3xx", "4xx", "5xx", "error")
 LOST_REASONS = (
     "rejected", "forward_error", "retries_exhausted", "shutdown", "outbox_unreadable",
 )
+TAG_OUTCOMES = ("fresh", "stale", "not_modified", "unavailable", "not_found")
+TAG_FETCH_RESULTS = ("ok", "error")
 SPILL_REASONS = ("queue_full", "retries_exhausted", "shutdown")
 NO_SOURCE = "none"  # no source decided: the regime default, or a source that failed
 # Where the outbound hit places the visitor (proxy.pipeline.Outcome.location_level).
@@ -285,6 +287,36 @@ class Metrics:
         )
         for outcome in ("written", "dropped"):
             self.audit_records.labels(outcome)
+
+        # The first-party tag (proxy/tag/): requests for it, fetches from Google, rewrites
+        # that no longer found what they expect in Google's file.
+        self.tag_requests = Counter(
+            "tag_requests",
+            "Requests for the first-party tag, by outcome: fresh, stale (served while "
+            "refreshed or while Google is unreachable), not_modified, unavailable (cold cache, "
+            "origin unreachable), not_found (an id not configured).",
+            ["outcome"],
+            namespace=ns,
+            registry=r,
+        )
+        for outcome in TAG_OUTCOMES:
+            self.tag_requests.labels(outcome)
+        self.tag_fetches = Counter(
+            "tag_fetches",
+            "Fetches of the tag from its origin (Google), by result.",
+            ["result"],
+            namespace=ns,
+            registry=r,
+        )
+        for result in TAG_FETCH_RESULTS:
+            self.tag_fetches.labels(result)
+        self.tag_rewrite_misses = Counter(
+            "tag_rewrite_misses",
+            "Tag rewrite rules that found nothing in a fetched tag (Google changed the file).",
+            ["rule"],
+            namespace=ns,
+            registry=r,
+        )
 
     def init_drop_reasons(self, reasons: Iterable[str]) -> None:
         """Expose every reason a beacon can be dropped for (proxy.pipeline.DROP_REASONS)."""

@@ -51,6 +51,7 @@ DROP_REASONS = (
     "sanitize_error",
     "internal_error",
     "queue_full",  # decided by the server: neither the queue nor the outbox can hold it
+    "ads_endpoint",  # an advertising endpoint the tag called: answered, never forwarded
 )
 
 

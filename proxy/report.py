@@ -50,6 +50,7 @@ from proxy.policy import (
 )
 from proxy.regions import expand_regions
 from proxy.sanitize.pii import DEFAULT_DETECTORS
+from proxy.tag.rewrite import GOOGLE_DOMAINS
 
 # Used when neither a volume is given nor an observed one is known; the report says so.
 DEFAULT_DAILY_VISITORS = 10_000
@@ -1124,14 +1125,32 @@ def _framing(endpoint: dict[str, Any], config: Config) -> tuple[dict[str, Any], 
     origins = (f"beacons are accepted only from {_code(config.allowed_origins)}"
                if config.allowed_origins else "`allowed_origins` is empty: any origin is accepted")
     eu = endpoint["eu"] if not endpoint["dry_run"] else None
+    tag = _tag_framing(config)
     return (
-        {"title": "The browser contacts only the proxy", "met": None,
-         "why": "decided on the site, not here: gtag must point at the proxy "
-         f"(`server_container_url`), and `gtag.js` itself comes from Google unless self-hosted; "
-         f"{origins}"},
+        {"title": "The browser contacts only the proxy", "met": tag["met"],
+         "why": f"{tag['why']}; {origins}"},
         {"title": "The data stays in the EU", "met": eu,
          "why": endpoint["why"]},
     )
+
+
+def _tag_framing(config: Config) -> dict[str, Any]:
+    tag = config.tag
+    domains = ", ".join(f"`{d}`" for d in GOOGLE_DOMAINS)
+    if not tag.enabled:
+        return {"met": None, "why": "decided on the site, not here: tag serving is off "
+                "(`tag.enabled: false`), so `gtag.js` comes from Google unless the site "
+                "hosts it, and gtag must point at the proxy (`server_container_url`)"}
+    if tag.public_url is None:
+        return {"met": False, "why": "tag serving is on but `tag.public_url` is not set: "
+                "the tag is served to loopback requests only, so visitors' browsers still "
+                "load `gtag.js` from Google"}
+    url = tag.public_url.rstrip("/")
+    return {"met": True, "why": f"the proxy serves the tag at `{url}/gtag/js?id=…`, fetched "
+            f"from `{tag.origin}` by the proxy alone, with every host under {domains} "
+            f"rewritten to `{url}`; advertising endpoints the tag may call are answered by "
+            "the proxy and never forwarded. The page must load the tag from the proxy and set "
+            f"`server_container_url: '{url}'`"}
 
 
 def _urls(f: _Facts) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""The aiohttp applications: public (``/g/collect``, ``/healthz``, ``/readyz``) and admin
+"""The aiohttp applications: public (``/g/collect``, ``/gtag/js``, the advertising endpoints
+the tag may call, ``/healthz``, ``/readyz``) and admin
 (``/metrics``, ``/audit``, ``/dashboard/``). ``init_app`` reads as a recipe; long-lived
 resources live in cleanup contexts under typed keys, opened once and closed once.
 
@@ -47,6 +48,8 @@ from proxy.pseudonym import Pseudonymizer
 from proxy.ratelimit import MemoryCounters, RateLimiter, RedisCounters
 from proxy.spill import MemorySpill, RedisSpill, Spill
 from proxy.state import MemoryState, SaltStore
+from proxy.tag.endpoints import is_ads_endpoint
+from proxy.tag.service import TagService, ads_answer
 from proxy.transport import FastSender
 from proxy.turns import InTurn
 from proxy.visitors import DailyVisitors
@@ -63,6 +66,7 @@ READY = web.AppKey("ready", asyncio.Event)  # set while the upstream sender is o
 SPILL: web.AppKey[Spill] = web.AppKey("spill")
 AUDIT = web.AppKey("audit", AuditTrail)
 VISITORS = web.AppKey("visitors", DailyVisitors)
+TAG = web.AppKey("tag", TagService)
 
 
 @dataclass
@@ -115,6 +119,14 @@ def init_app(
     app.router.add_route("OPTIONS", "/g/collect", preflight)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    if config.tag.enabled:
+        app.cleanup_ctx.append(_tag_ctx)
+        app.router.add_get("/gtag/js", serve_tag)
+        app.router.add_get("/gtag/destination", serve_tag)
+    # Last: the advertising endpoints a Google tag may call are answered here, never
+    # forwarded; any other path is a 404.
+    for method in ("GET", "POST"):
+        app.router.add_route(method, "/{tail:.*}", other_path)
     return app
 
 
@@ -328,6 +340,20 @@ async def _probe(client: Redis | None, spill: Spill, health: Health, metrics: Me
         metrics.refresh()
 
 
+async def _tag_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    url = config.state.redis_url
+    # Its own small client: tag bodies are bytes, and a slow Redis must not hold a tag.
+    client = Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=1.0) if url else None
+    if config.tag.public_url is None:
+        log.warning("tag.public_url is not set: /gtag/js is served to loopback requests only")
+    tag = app[TAG] = TagService(config, app[METRICS], client)
+    yield
+    await tag.close()
+    if client is not None:
+        await client.aclose()
+
+
 def _outbox_ctx(sender: Sender | None) -> Callable[[web.Application], AsyncIterator[None]]:
     async def outbox_ctx(app: web.Application) -> AsyncIterator[None]:
         config, metrics = app[CONFIG], app[METRICS]
@@ -429,6 +455,23 @@ async def collect(request: web.Request) -> web.Response:
     # The answer never waits for Google and never sets a cookie.
     status = STATUS_OF_DETAIL.get(outcome.detail) or STATUS_OF.get(outcome.reason, 204)
     return web.Response(status=status, headers=headers)
+
+
+async def serve_tag(request: web.Request) -> web.Response:
+    return await request.app[TAG].handle(request)
+
+
+async def other_path(request: web.Request) -> web.Response:
+    """An advertising endpoint the tag called: answered as the tag expects, counted, audited,
+    never forwarded (the body is not even read). Anything else: 404."""
+    if not is_ads_endpoint(request.path):
+        return web.Response(status=404, headers={"Cache-Control": "no-store"})
+    request.app[METRICS].received.inc()
+    request.app[METRICS].drop("ads_endpoint")
+    request.app[AUDIT].observe_drop("ads_endpoint", request.rel_url.raw_query_string)
+    response = ads_answer(request)
+    response.headers.update(_cors(request))
+    return response
 
 
 def public_runner(app: web.Application) -> Runner:

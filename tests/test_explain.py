@@ -72,3 +72,31 @@ async def test_every_cookie_line_of_a_har_request_is_read(explainer: Explainer) 
         (both,) = har_beacons(har(*lines))
         assert both.cookie == "; ".join(lines)
         assert await decide(explainer, both) == ("drop", "denied")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://stats.example.com/ccm/collect?tid=G-1&en=page_view",
+        "https://stats.example.com/ads/ga-audiences?v=1&t=sr&tid=G-1",
+        "https://www.google.com/measurement/conversion/?random=1",
+        "https://stats.example.com/g/s/collect?v=2&_gsid=abc",
+    ],
+)
+async def test_advertising_endpoints_are_explained_as_serve_answers_them(
+    explainer: Explainer, url: str
+) -> None:
+    # Consent granted: even so, nothing of an advertising endpoint is forwarded.
+    result = explainer.to_json(await explainer.explain(BeaconInput(url=url, cookie=GRANTED)))
+    assert (result["decision"], result["reason"], result["forwarded"]) == (
+        "drop", "ads_endpoint", None)
+
+
+def test_a_har_lists_advertising_requests_beside_the_beacons() -> None:
+    entries = har(GRANTED)["log"]["entries"]
+    entries.append({"request": {"method": "GET", "url": "https://stats.example.com/td?id=G-1",
+                                "headers": []}})
+    entries.append({"request": {"method": "GET", "url": "https://www.example.com/index.html",
+                                "headers": []}})
+    urls = [b.url for b in har_beacons({"log": {"entries": entries}})]
+    assert urls == [HIT["url"], "https://stats.example.com/td?id=G-1"]

@@ -28,6 +28,8 @@ from proxy.metrics import (
     REGIMES,
     SPILL_REASONS,
     STATUS_CLASSES,
+    TAG_FETCH_RESULTS,
+    TAG_OUTCOMES,
     Metrics,
 )
 from proxy.pipeline import DROP_REASONS
@@ -35,6 +37,7 @@ from proxy.policy import Action, compile_policy
 from proxy.sanitize import location
 from proxy.sanitize.sanitizer import COUNTED, UNLISTED_CACHE, Sanitizer
 from proxy.server import init_admin_app, init_app
+from proxy.tag.rewrite import RULES as REWRITE_RULES
 from tests.capture import Capture
 from tests.conftest import GA4_HITS
 
@@ -326,7 +329,8 @@ async def test_every_label_value_is_a_code_from_a_fixed_set(
     sources = {str(o.__struct_config__.tag) for o in COMPILERS} | {"gpc", "dnt", NO_SOURCE}
     rules = {r.name for r in sanitiser("strict").policy.table.values()} | {
         r.name for r in sanitiser("balanced").policy.table.values()} | {
-        "unknown", "identifier", "not_allow_listed"}
+        "unknown", "identifier", "not_allow_listed"} | {  # and the tag's rewrite rules
+        r.name for r in REWRITE_RULES} | {"residue"}
     allowed: dict[str, set[str]] = {
         "reason": set(DROP_REASONS) | set(LOST_REASONS) | set(SPILL_REASONS)
         | {"granted", "implied", "default"},
@@ -337,7 +341,8 @@ async def test_every_label_value_is_a_code_from_a_fixed_set(
         "rule": rules,
         "action": {a.value for a in COUNTED},
         "status_class": set(STATUS_CLASSES),
-        "outcome": {"written", "dropped"},  # audit records
+        "outcome": {"written", "dropped"} | set(TAG_OUTCOMES),  # audit records, tag requests
+        "result": set(TAG_FETCH_RESULTS),
     }
     seen: set[str] = set()
     for family in text_string_to_metric_families(text):

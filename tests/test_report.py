@@ -678,6 +678,29 @@ def test_endpoint_and_region(url: str, region: str, eu: bool | None) -> None:
     assert framing["met"] == eu
 
 
+@pytest.mark.parametrize(
+    ("tag", "met", "says"),
+    [
+        ({"public_url": "https://stats.example.com"}, True,
+         "`https://stats.example.com/gtag/js?id=…`"),
+        ({}, False, "`tag.public_url` is not set"),
+        ({"enabled": False, "public_url": "https://stats.example.com"}, None,
+         "tag serving is off"),
+    ],
+)
+def test_the_browser_contacts_only_the_proxy_when_the_tag_is_served(
+    tag: dict[str, Any], met: bool | None, says: str
+) -> None:
+    report = build_report(make(tag=tag))
+    framing = next(f for f in report.to_json()["framing"] if "only the proxy" in f["title"])
+    assert framing["met"] is met
+    assert says in framing["why"]
+    if met:
+        assert "server_container_url: 'https://stats.example.com'" in framing["why"]
+        assert "`doubleclick.net`" in framing["why"]
+        assert "| The browser contacts only the proxy | yes |" in report.to_markdown()
+
+
 def test_no_secret_reaches_any_rendering() -> None:
     cfg = make(upstream={"url": "https://user:s3cret-pw@sgtm.shop.example/g/collect"},
                admin={"token": "t0ken-value"}, state={"redis_url": "redis://:r3dis@h:6379/0"})
