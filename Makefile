@@ -60,5 +60,10 @@ bench-detectors: $(VENV)/.test-deps
 bench-tag: $(VENV)/.test-deps
 	$(BIN)/python bench/tag.py
 
+# The rate limiter's memory and Redis commands per second under 100k distinct client networks.
+.PHONY: bench-limiter
+bench-limiter: $(VENV)/.test-deps
+	$(BIN)/python bench/limiter.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -73,9 +73,32 @@ def pinned(core: int, argv: list[str], **kwargs: object) -> subprocess.Popen[byt
     return subprocess.Popen(["taskset", "-c", str(core), *argv], **kwargs)  # type: ignore[call-overload,no-any-return]
 
 
+# Targets that keep their state in a Redis of their own (on core 1, beside the sink):
+# proxy-redis with the default acknowledgement, proxy-durable with state.durable_ack.
+REDIS_TARGETS = {"proxy-redis": "", "proxy-durable": ", durable_ack: true"}
+_REDIS: list[subprocess.Popen[bytes]] = []  # stopped with the targets
+
+
+def start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    sys.path.insert(0, str(ROOT))
+    from tests.redis_server import redis_server_binary
+
+    port = free_port()
+    proc = pinned(1, [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1",
+                      "--save", "", "--appendonly", "no", "--dir", str(workdir)],
+                  stdout=subprocess.DEVNULL)
+    wait_port(port)
+    return proc, f"redis://127.0.0.1:{port}/0"
+
+
 def start_target(name: str, port: int, upstream: str, workdir: Path) -> subprocess.Popen[bytes]:
     if name == "naive":
         return pinned(0, [sys.executable, str(ROOT / "bench/naive.py"), str(port), upstream])
+    state = ""
+    if name in REDIS_TARGETS:
+        redis, redis_url = start_redis(workdir)
+        _REDIS.append(redis)
+        state = f"state: {{redis_url: '{redis_url}'{REDIS_TARGETS[name]}}}\n"
     config = workdir / "bench.yaml"
     config.write_text(
         f"listen: {{host: 127.0.0.1, port: {port}}}\n"
@@ -84,10 +107,10 @@ def start_target(name: str, port: int, upstream: str, workdir: Path) -> subproce
         f"upstream: {{url: '{upstream}', queue_size: 20000}}\n"
         "log: {level: warning}\n"
         # All load comes from one address: the per-network limit would drop nearly all of it.
-        "rate_limit: {per_network: 0}\n"
+        "rate_limit: {per_network: 0}\n" + state
     )
     argv = [sys.executable, "-m", "proxy", "serve", "--config", str(config)]
-    if name != "proxy":  # e.g. a script serving the same config another way
+    if name not in ("proxy", *REDIS_TARGETS):  # e.g. a script serving the config another way
         argv = [sys.executable, name, str(config)]
     return pinned(0, argv, cwd=ROOT, stdout=subprocess.DEVNULL)
 
@@ -152,6 +175,8 @@ def measure(names: list[str], args: argparse.Namespace, workdir: Path) -> Result
                 proc.kill()
         for _, sink in sinks:
             sink.terminate()
+        while _REDIS:
+            _REDIS.pop().terminate()
 
 
 def main() -> int:

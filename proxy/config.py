@@ -33,6 +33,11 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "ANALYTICS_PROXY_TAG_PUBLIC_URL": ("tag", "public_url"),
 }
 TAG_ORIGIN = "https://www.googletagmanager.com"
+# Read timeouts of the listening ports (seconds): a browser sends a beacon's headers and body
+# in one or two packets, a slow mobile link in well under a second.
+HEADER_TIMEOUT = 10.0  # from a request's first byte to the end of its headers
+BODY_TIMEOUT = 10.0  # from the end of the headers to the end of the body
+KEEPALIVE_TIMEOUT = 75.0  # an idle kept-alive connection (aiohttp's own default: 3630)
 
 _MEASUREMENT_ID = re.compile(r"^G-[A-Z0-9]{4,20}$")
 _DURATION = re.compile(r"^(\d+)\s*([smhd])$")
@@ -52,6 +57,12 @@ class _Strict(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class Listen(_Strict, frozen=True):
     host: str = "0.0.0.0"
     port: int = 8080
+    # Seconds. A request's headers must arrive within header_timeout of its first byte, its
+    # body within body_timeout of its headers (else 408, counted as timeout, connection
+    # closed); an idle kept-alive connection is closed after keepalive_timeout.
+    header_timeout: float = HEADER_TIMEOUT
+    body_timeout: float = BODY_TIMEOUT
+    keepalive_timeout: float = KEEPALIVE_TIMEOUT
 
 
 class Admin(_Strict, frozen=True):
@@ -70,6 +81,10 @@ class Upstream(_Strict, frozen=True):
     max_connections: int = 64  # keep-alive pool size, and concurrent sends
     queue_size: int = 10_000  # accepted beacons waiting to be forwarded
     retries: int = 4  # after the first attempt, for network errors, 5xx and 429
+    # A request sent and never answered (timeout, connection closed after sending) may have
+    # reached Google: by default it is not sent again (counted as unconfirmed), since GA4
+    # counts a repeat as new events. true: prefer a possible duplicate to a possible loss.
+    resend_unconfirmed: bool = False
     backoff_initial: float = 0.2  # seconds; doubles each retry, with full jitter
     backoff_max: float = 10.0
     # SIGTERM: /readyz turns 503 at once, but the proxy keeps serving for shutdown_grace so
@@ -175,6 +190,11 @@ class State(_Strict, frozen=True):
     claim_idle: float = 30.0
     # Beacons held in memory while Redis is unreachable (or the outbox without Redis).
     memory_outbox_size: int = 10_000
+    # true (needs redis_url): the 204 is sent only once the beacon is in the Redis outbox
+    # (written in group commits), so a replica killed outright loses nothing it answered.
+    # While Redis cannot take it, the beacon is refused with 503. false: held in memory
+    # first (faster; a SIGKILL loses what memory held).
+    durable_ack: bool = False
 
     @property
     def outbox_max_age_seconds(self) -> int:
@@ -212,6 +232,12 @@ class Tag(_Strict, frozen=True):
         return parse_duration(self.max_stale)
 
 
+class Bots(_Strict, frozen=True):
+    # Headless Chromium ("HeadlessChrome" in its User-Agent) is a bot and its beacons are
+    # dropped (reason bot). true: forwarded as Chrome, for a site's own end-to-end tests.
+    allow_headless: bool = False
+
+
 class Log(_Strict, frozen=True):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -222,6 +248,8 @@ class Config(_Strict, frozen=True):
     measurement_ids: list[str] = msgspec.field(default_factory=list)
     allowed_origins: list[str] = msgspec.field(default_factory=list)
     trusted_proxies: list[str] = msgspec.field(default_factory=lambda: ["127.0.0.1/32"])
+    # The header the trusted proxies append the client to; the other one is never read.
+    forwarded_header: Literal["x-forwarded-for", "forwarded"] = "x-forwarded-for"
     upstream: Upstream = Upstream()
     privacy: Privacy = Privacy()
     consent: Consent = Consent()
@@ -231,6 +259,7 @@ class Config(_Strict, frozen=True):
     rate_limit: RateLimit = RateLimit()
     audit: Audit = Audit()
     tag: Tag = Tag()
+    bots: Bots = Bots()
     log: Log = Log()
 
     @property
@@ -325,6 +354,14 @@ def validate(config: Config) -> None:
     for section, port in (("listen", config.listen.port), ("admin", config.admin.port)):
         if not 0 <= port <= 65535:
             raise ConfigError(f"{section}.port: {port} is not a TCP port")
+    listen = config.listen
+    for key, value, high in (
+        ("header_timeout", listen.header_timeout, 300),
+        ("body_timeout", listen.body_timeout, 300),
+        ("keepalive_timeout", listen.keepalive_timeout, 3600),
+    ):
+        if not 0 < value <= high:
+            raise ConfigError(f"listen.{key}: seconds, more than 0 and at most {high}")
     up = config.upstream
     if up.url != DRY_RUN and not re.match(r"^https?://[^/\s]+/\S*$", up.url):
         raise ConfigError(f"upstream.url: must be an http(s) URL or {DRY_RUN!r}")
@@ -353,6 +390,8 @@ def validate(config: Config) -> None:
         if count < 1:
             raise ConfigError(f"state.{key}: must be at least 1")
     _check_duration("state.outbox_max_age", state.outbox_max_age, 1, 3 * 86400, "1s and 3d")
+    if state.durable_ack and not state.redis_url:
+        raise ConfigError("state.durable_ack: needs state.redis_url (the outbox it writes to)")
     if state.claim_idle <= up.timeout:
         raise ConfigError("state.claim_idle: must be longer than upstream.timeout")
     pseudo = config.privacy.pseudonym

@@ -2,9 +2,9 @@
 
 One page (``/dashboard/``) with the policy in plain words, live counts with a short history,
 recent audit records and a "try a beacon" box that runs ``explain``. The page is static
-HTML, CSS and vanilla JS shipped as package data; everything it shows comes from three JSON
-endpoints and is written into the page as text, never as HTML, under a strict
-Content-Security-Policy. Nothing is fetched from anywhere but the admin port.
+HTML, CSS, vanilla JS and an SVG icon shipped as package data; everything it shows comes
+from three JSON endpoints and is written into the page as text, never as HTML, under a
+strict Content-Security-Policy. Nothing is fetched from anywhere but the admin port.
 
 What it costs the beacon path: nothing. Counts are read from the ``Metrics`` the server
 already keeps; the history is sampled every few seconds in the background; the explainer
@@ -65,10 +65,12 @@ SECURITY_HEADERS = {
     "Cross-Origin-Resource-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
+FAVICON = "favicon.svg"  # the page links it; the admin port's /favicon.ico is the same
 STATIC_FILES = {
     "/": ("dashboard.html", "text/html"),
     "/app.js": ("dashboard.js", "text/javascript"),
     "/style.css": ("dashboard.css", "text/css"),
+    "/favicon.svg": (FAVICON, "image/svg+xml"),
 }
 _COUNTERS = {
     "received": f"{NAMESPACE}_beacons_received",
@@ -311,10 +313,15 @@ def parse_explain_request(data: Any) -> tuple[list[BeaconInput], int]:
     many there were in all. Raises ``BadInput`` with a message fit to show."""
     if not isinstance(data, dict):
         raise BadInput("expected a JSON object with 'url' or 'har'")
-    har = _text(data, "har")
-    if har:
+    har = data.get("har")
+    if har is not None and har != "":
+        # The box sends the file's text; a script may as well send the HAR object itself.
+        text = _text(data, "har") if isinstance(har, str) else None
         try:
-            beacons = list(har_beacons(json.loads(har)))
+            parsed = har if text is None else json.loads(text)
+            if not isinstance(parsed, dict):
+                raise ValueError("not an object")
+            beacons = list(har_beacons(parsed))
             for beacon in beacons:
                 _check_har_beacon(beacon)
         except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
@@ -580,7 +587,14 @@ def register(
     async def to_dashboard(request: web.Request) -> web.Response:
         raise web.HTTPFound(f"{PREFIX}/")
 
+    icon = (resources.files("proxy") / "static" / FAVICON).read_bytes()
+
+    async def favicon(request: web.Request) -> web.Response:
+        # Where a browser looks first; an SVG, which every current browser takes there.
+        return web.Response(body=icon, content_type="image/svg+xml", headers=SECURITY_HEADERS)
+
     # Before the sub-application, which would otherwise answer its bare prefix with a 404.
     app.router.add_get("/", to_dashboard)
     app.router.add_get(PREFIX, to_dashboard)
+    app.router.add_get("/favicon.ico", favicon)
     app.add_subapp(PREFIX, dashboard_app(config, metrics, recent_audit))

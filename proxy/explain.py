@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from proxy.client import parse_address
+from multidict import CIMultiDict
+
+from proxy.client import ClientAddressResolver, parse_address
 from proxy.config import DRY_RUN, EU_ENDPOINT, Config
 from proxy.cookies import join_cookie_lines
 from proxy.geo import GeoDatabase
@@ -51,7 +53,9 @@ class BeaconInput:
             client_ip=data.get("client_ip"),
         )
 
-    def incoming(self) -> IncomingRequest:
+    def incoming(self, resolver: ClientAddressResolver | None = None) -> IncomingRequest:
+        """``resolver``: ``client_ip`` is then the socket peer, and the forwarding headers
+        given are walked over ``trusted_proxies`` exactly as serve walks them."""
         headers = {k.lower(): v for k, v in self.headers.items()}
         # The cookie given on its own and any Cookie header are all read, as serve reads
         # every Cookie line: a denial in any of them wins.
@@ -63,7 +67,9 @@ class BeaconInput:
             user_agent=headers.get("user-agent"),
             gpc=headers.get("sec-gpc", "").strip() == "1",
             dnt=headers.get("dnt", "").strip() == "1",
-            client_ip=parse_address(self.client_ip),
+            client_ip=resolver.resolve(self.client_ip, CIMultiDict(self.headers))
+            if resolver is not None
+            else parse_address(self.client_ip),
             country=self.country,
             region=self.region,
             origin=headers.get("origin"),
@@ -116,12 +122,13 @@ class Explainer:
             representatives=representatives,
         )
         self._upstream = EU_ENDPOINT if config.upstream.url == DRY_RUN else config.upstream.url
+        self._resolver = ClientAddressResolver(config.trusted_proxies, config.forwarded_header)
 
     async def explain(self, beacon: BeaconInput) -> Outcome:
         if is_ads_endpoint(urlsplit(beacon.url).path):
             # As serve answers it: the tag is told 204, nothing is forwarded.
             return Outcome(forward=False, reason="ads_endpoint")
-        return await self._pipeline.process(beacon.incoming(), trace=True)
+        return await self._pipeline.process(beacon.incoming(self._resolver), trace=True)
 
     def to_json(self, outcome: Outcome) -> dict[str, Any]:
         forwarded = None
@@ -169,7 +176,10 @@ class Explainer:
         sent = next(
             (c.after for c in outcome.changes if c.param == "_uip" and c.scope == "query"), None
         )
-        if mode == "mesh" and level != "city":
+        if sent is None and mode == "truncated":
+            # serve always has the peer's address; explain has one only when it is given.
+            why = "no visitor address given to explain: --client-ip"
+        elif mode == "mesh" and level != "city":
             why = f"finer cells have fewer than k={self._location.k} visitors in this run"
             if level == "omitted":
                 why = f"every cell has fewer than k={self._location.k} visitors in this run"

@@ -1,9 +1,13 @@
 """Forwarding to Google: a bounded queue between ingest and a pool of senders.
 
-The browser's ``204`` never waits for Google. Network errors, 5xx and 429 are retried with
-capped exponential backoff and full jitter; other answers are final. A full queue or
+The browser's ``204`` never waits for Google. What provably did not reach Google (connection
+refused, connect timeout), 5xx and 429 are retried with capped exponential backoff and full
+jitter; other answers are final. A request sent and never answered (``Unconfirmed``) is not
+sent again unless ``upstream.resend_unconfirmed``: GA4 would count its events twice. A full queue or
 exhausted retries put the request into the outbox (``proxy.spill``), which delivers it
-later; only what the outbox cannot hold either is counted as lost.
+later; only what the outbox cannot hold either is counted as lost. With
+``state.durable_ack`` every request goes to the Redis outbox first (a group commit), and the
+browser's answer waits for that round trip only.
 """
 
 from __future__ import annotations
@@ -24,15 +28,23 @@ from proxy.config import EU_ENDPOINT, Upstream
 from proxy.metrics import Metrics
 from proxy.periodic import raise_if_cancelled
 from proxy.pipeline import OutboundRequest
-from proxy.spill import Entry, Spill
+from proxy.spill import Entry, RedisSpill, Spill
 
 log = logging.getLogger(__name__)
 
 SHUTDOWN_POLL = 0.05  # seconds between checks that a non-durable spill has emptied
 
 
+class Unconfirmed(Exception):
+    """The request was sent and no answer came (a timeout, or the connection closed after
+    sending): Google may have taken it. GA4 has no idempotency key, so sending it again
+    could count its events twice."""
+
+
 class Sender(Protocol):
-    """Delivers one request; returns the HTTP status, raises on a network error."""
+    """Delivers one request; returns the HTTP status. Raises ``Unconfirmed`` when the request
+    was sent but not answered, another error (OSError, TimeoutError, aiohttp's) when it
+    provably never reached Google (connection refused, connect timeout, DNS)."""
 
     async def send(self, request: OutboundRequest) -> int: ...
 
@@ -60,11 +72,16 @@ class HttpSender:
 
     async def send(self, request: OutboundRequest) -> int:
         url = f"{self._url}?{request.query}"
-        async with self._session.post(
-            url, data=request.body.encode(), headers=request.headers(), allow_redirects=False
-        ) as resp:
-            await resp.read()
-            return resp.status
+        try:
+            async with self._session.post(
+                url, data=request.body.encode(), headers=request.headers(), allow_redirects=False
+            ) as resp:
+                await resp.read()
+                return resp.status
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError):
+            raise  # never connected: nothing was sent
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise Unconfirmed(type(exc).__name__) from None
 
     async def close(self) -> None:
         await self._session.close()
@@ -112,7 +129,11 @@ class Outbox:
         metrics: Metrics,
         jitter: Callable[[float], float] = lambda cap: random.uniform(0, cap),
         spill: Spill | None = None,
+        durable: bool = False,
     ) -> None:
+        if durable and not isinstance(spill, RedisSpill):
+            raise ValueError("durable acknowledgement needs the Redis outbox")
+        self._durable = spill if durable and isinstance(spill, RedisSpill) else None
         self._sender = sender
         self._config = config
         self._metrics = metrics
@@ -138,6 +159,8 @@ class Outbox:
     def full(self) -> bool:
         """Nothing more can be held now: the queue is full and so is the spill. The server
         then sheds new beacons, before spending any work on them."""
+        if self._durable is not None:
+            return not self._durable.has_room()
         return self._queue.full() and (self._spill is None or not self._spill.has_room())
 
     async def put(self, request: OutboundRequest) -> bool:
@@ -145,6 +168,9 @@ class Outbox:
         neither can take it: the caller has not answered yet, so it drops the beacon
         (reason ``queue_full``) instead of accepting one it would lose."""
         accepted_at = time.time()
+        if self._durable is not None:
+            # Durable acknowledgement: held once Redis has it, delivered from the stream.
+            return await self._durable.commit(request, accepted_at)
         if not self._closing:
             try:
                 self._queue.put_nowait((request, accepted_at))
@@ -210,6 +236,14 @@ class Outbox:
         started = time.perf_counter()
         try:
             status = await self._sender.send(request)
+        except Unconfirmed:
+            self._metrics.upstream_duration.observe(time.perf_counter() - started)
+            self._metrics.upstream("error")
+            if self._config.resend_unconfirmed:
+                return None
+            # Google may have taken it: sending it again could count its events twice.
+            self._metrics.unconfirmed.inc()
+            return False
         except (TimeoutError, aiohttp.ClientError, OSError):
             self._metrics.upstream_duration.observe(time.perf_counter() - started)
             self._metrics.upstream("error")

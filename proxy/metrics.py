@@ -153,6 +153,13 @@ class Metrics:
             namespace=ns,
             registry=r,
         )
+        self.unconfirmed = Counter(
+            "beacons_unconfirmed",
+            "Beacons sent to Google whose answer never came (timeout, connection closed after "
+            "sending): not sent again, since GA4 would count a repeat twice.",
+            namespace=ns,
+            registry=r,
+        )
         self._upstream = Counter(
             "upstream_requests",
             "Requests to Google by status class.",

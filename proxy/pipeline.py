@@ -33,10 +33,13 @@ from proxy.sanitize.useragent import UserAgentGeneraliser
 
 log = logging.getLogger(__name__)
 
+UNKNOWN_NETWORK = "unknown"  # the rate limit's network for a beacon whose address is unknown
 # Every reason a beacon can be dropped for; metric labels come only from this set.
 DROP_REASONS = (
     "malformed",
     "too_large",
+    "client_aborted",  # the client closed the connection before its body was read
+    "timeout",  # headers or body slower than listen.header_timeout / body_timeout
     "unknown_tid",
     "bad_origin",
     "bot",
@@ -153,7 +156,7 @@ class Pipeline:
             ipaddress.ip_network(net, strict=False) for net in config.internal_traffic.networks
         )
         self._traffic_type = config.internal_traffic.traffic_type
-        self._agents = UserAgentGeneraliser()
+        self._agents = UserAgentGeneraliser(allow_headless=config.bots.allow_headless)
         self._pseudonymizer = pseudonymizer
         self._cookieless = privacy.pseudonym.cookieless
         self._clock = clock
@@ -194,8 +197,11 @@ class Pipeline:
         except Exception:
             log.warning("no salt available", extra={"reason": "pseudonym_unavailable"})
             return _drop("pseudonym_unavailable", events=len(events), tid=beacon.tid)
-        if self._limiter is not None and request.client_ip is not None:
-            network = truncate(request.client_ip, *self._prefixes)
+        if self._limiter is not None:
+            # An address that cannot be known (a trusted proxy wrote "unknown") is counted
+            # in one shared bucket: never a way around the limit.
+            address = request.client_ip
+            network = UNKNOWN_NETWORK if address is None else truncate(address, *self._prefixes)
             if not self._limiter.allow(RateLimiter.network_key(network, key.salt)):
                 return _drop("rate_limited", events=len(events), tid=beacon.tid)
 

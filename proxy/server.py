@@ -26,6 +26,7 @@ from multidict import CIMultiDict
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from proxy import dashboard
@@ -43,9 +44,9 @@ from proxy.mesh import MemoryCellCounter, RedisCellCounter
 from proxy.metrics import Metrics
 from proxy.periodic import raise_if_cancelled
 from proxy.pipeline import DROP_REASONS, IncomingRequest, Pipeline
-from proxy.protocol import PUBLIC_LIMITS, Runner
+from proxy.protocol import PUBLIC_LIMITS, BodyTimeout, Runner, close_after_response
 from proxy.pseudonym import Pseudonymizer
-from proxy.ratelimit import MemoryCounters, RateLimiter, RedisCounters
+from proxy.ratelimit import RateLimiter, RedisCounters
 from proxy.spill import MemorySpill, RedisSpill, Spill
 from proxy.state import MemoryState, SaltStore
 from proxy.tag.endpoints import is_ads_endpoint
@@ -105,7 +106,7 @@ def init_app(
     )
     app[CONFIG] = config
     app[METRICS] = metrics or Metrics()
-    app[RESOLVER] = ClientAddressResolver(config.trusted_proxies)
+    app[RESOLVER] = ClientAddressResolver(config.trusted_proxies, config.forwarded_header)
     app[READY] = asyncio.Event()
     app[HEALTH] = Health()
     app[AUDIT] = audit if audit is not None else make_audit(config, app[METRICS])
@@ -178,7 +179,7 @@ def make_limiter(config: Config, state: SaltStore) -> RateLimiter | None:
     if not limit.per_network:
         return None
     client = getattr(state, "client", None)
-    store = RedisCounters(client) if client is not None else MemoryCounters()
+    store = RedisCounters(client) if client is not None else None  # memory: no store needed
     return RateLimiter(limit.per_network, limit.window_seconds, store)
 
 
@@ -219,6 +220,9 @@ async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
         cells=cells,
     )
     app[TURNS] = InTurn(app[PIPELINE])
+    if config.bots.allow_headless:
+        # Meant for a site's own end-to-end tests: said at start, so it is not left on unseen.
+        log.warning("bots.allow_headless is on: headless Chromium's beacons are forwarded")
     metrics.track_parameters(app[PIPELINE].sanitizer.counts)
     metrics.init_consent(source_type(options) for options in config.consent.sources)
     metrics.init_drop_reasons(DROP_REASONS)
@@ -261,14 +265,17 @@ async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def make_redis(url: str) -> Redis:
     """The outbox's own client: a bounded pool, short timeouts and a single quick retry (a
-    pooled connection may have gone stale), so an unreachable Redis fails fast to memory."""
+    pooled connection may have gone stale), so an unreachable Redis fails fast to memory.
+
+    The retry is for connection errors only, never for a timeout: a command that timed out
+    may have run, and an XADD run twice is a beacon delivered twice."""
     pool = BlockingConnectionPool.from_url(
         url,
         max_connections=REDIS_POOL_SIZE,
         timeout=REDIS_TIMEOUT,
         socket_timeout=REDIS_TIMEOUT + 3,  # above the drain loop's blocking read
         socket_connect_timeout=REDIS_TIMEOUT,
-        retry=Retry(NoBackoff(), 1),
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
     )
     return Redis.from_pool(pool)
 
@@ -358,7 +365,10 @@ def _outbox_ctx(sender: Sender | None) -> Callable[[web.Application], AsyncItera
     async def outbox_ctx(app: web.Application) -> AsyncIterator[None]:
         config, metrics = app[CONFIG], app[METRICS]
         real_sender = sender or make_sender(config)
-        outbox = app[OUTBOX] = Outbox(real_sender, config.upstream, metrics, spill=app[SPILL])
+        durable = config.state.durable_ack and not config.dry_run
+        outbox = app[OUTBOX] = Outbox(
+            real_sender, config.upstream, metrics, spill=app[SPILL], durable=durable
+        )
         outbox.start()
         app[READY].set()
         yield
@@ -397,8 +407,12 @@ async def _never_500(request: web.Request, handler: Handler) -> web.StreamRespon
 
 
 def _cors(request: web.Request) -> dict[str, str]:
+    """CORS for a listed origin, or for any origin when ``allowed_origins`` is empty (as the
+    pipeline then takes beacons from any origin). Credentials are allowed, so the Origin is
+    echoed, never ``*``: the answer is an empty 204, nothing another site could read."""
     origin = request.headers.get("Origin")
-    if origin and origin in request.app[CONFIG].allowed_origins:
+    allowed = request.app[CONFIG].allowed_origins
+    if origin and (not allowed or origin in allowed):
         return {
             "Access-Control-Allow-Origin": origin,
             "Access-Control-Allow-Credentials": "true",
@@ -422,10 +436,14 @@ async def collect(request: web.Request) -> web.Response:
         audit.observe_drop("too_large", request.rel_url.raw_query_string)
         return web.Response(status=413, headers=headers)
     except (web.RequestPayloadError, HttpProcessingError):
-        # A body the parser could not read (broken chunked encoding): the client's, no 503.
-        metrics.drop("malformed")
-        audit.observe_drop("malformed", request.rel_url.raw_query_string)
-        return web.Response(status=400, headers=headers)
+        # A body the parser could not read (broken chunked encoding, an undecodable
+        # Content-Encoding): the client's fault, never a 503.
+        return _client_fault(request, "malformed", 400, headers)
+    except BodyTimeout:
+        return _client_fault(request, "timeout", 408, headers)
+    except ConnectionError:
+        # The client went away mid-upload: nobody reads the answer, but it is counted.
+        return _client_fault(request, "client_aborted", 400, headers)
     h = request.headers
     incoming = IncomingRequest(
         query=request.rel_url.raw_query_string,
@@ -434,7 +452,7 @@ async def collect(request: web.Request) -> web.Response:
         user_agent=h.get("User-Agent"),
         gpc=h.get("Sec-GPC", "").strip() == "1",
         dnt=h.get("DNT", "").strip() == "1",
-        client_ip=request.app[RESOLVER].resolve(request.remote, h.get("X-Forwarded-For")),
+        client_ip=request.app[RESOLVER].resolve(request.remote, h),
         origin=h.get("Origin"),
     )
     # Per-parameter changes are traced only for the audit's sample: tracing costs.
@@ -484,13 +502,38 @@ def public_runner(app: web.Application) -> Runner:
         metrics.drop(reason)
         audit.observe_drop(reason)
 
-    return Runner(app, access_log=None, on_refused=refused)
+    return _runner(app, refused)
 
 
 def admin_runner(app: web.Application) -> Runner:
     """The admin application's runner: refused requests are answered the same way (no
-    address in the logs) but are not beacons, so not counted."""
-    return Runner(app, access_log=None)
+    address in the logs) but are not beacons, so not counted. Same read timeouts."""
+    return _runner(app, None)
+
+
+def _runner(app: web.Application, on_refused: Callable[[str], None] | None) -> Runner:
+    listen = app[CONFIG].listen
+    return Runner(
+        app,
+        access_log=None,
+        on_refused=on_refused,
+        header_timeout=listen.header_timeout,
+        body_timeout=listen.body_timeout,
+        keepalive_timeout=listen.keepalive_timeout,
+    )
+
+
+def _client_fault(
+    request: web.Request, reason: str, status: int, headers: dict[str, str]
+) -> web.Response:
+    """A body the client broke, abandoned or sent too slowly: counted under its own reason
+    (never internal_error), answered, and the connection closed without reading on."""
+    request.app[METRICS].drop(reason)
+    request.app[AUDIT].observe_drop(reason, request.rel_url.raw_query_string)
+    close_after_response(request)
+    response = web.Response(status=status, headers=headers)
+    response.force_close()
+    return response
 
 
 def _shed(request: web.Request, headers: dict[str, str]) -> web.Response:

@@ -49,6 +49,22 @@ DEFAULT_BATCH = 64  # entries read, and delivered concurrently, per round
 BLOCK_SECONDS = 1.0  # longest wait on an empty stream, so claims and shutdown stay prompt
 RECONNECT_MAX = 5.0  # seconds between attempts to reach Redis again
 ACK_ON_CANCEL_TIMEOUT = 1.0
+# Renew our claim on entries being sent (their idle time back to 0), only on those still
+# ours: an entry another consumer took over is not taken back (both would send it).
+RENEW_SCRIPT = """
+local renewed = 0
+for i = 3, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if p[1] and p[1][2] == ARGV[2] then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+    renewed = renewed + 1
+  end
+end
+return renewed
+"""
+MAX_UNACKED = 100_000  # settled ids whose acknowledgement failed, kept to retry it
+COMMIT_WINDOW = 0.002  # seconds a durable put waits for others to share its round trip
+COMMIT_MAX = 256  # entries per group commit
 MAX_CHUNK = 500  # entries per MULTI when many are added at once (shutdown, reconnect)
 # redis-py wraps socket errors, but a timeout or reset can surface unwrapped on some paths.
 UNREACHABLE = (RedisError, OSError)
@@ -307,6 +323,13 @@ class RedisSpill:
         self._claim_cursor = "0-0"
         self._last_length = 0
         self._closed = False
+        # Entries Google took whose XACK failed (Redis unreachable): acknowledged before
+        # anything is read again, or reading our own pending entries would send them twice.
+        self._unacked: list[Any] = []
+        # Durable puts waiting for their group commit: (entry, future of "held").
+        self._commits: list[tuple[Entry, asyncio.Future[bool]]] = []
+        self._committer: asyncio.Task[None] | None = None
+        self._renew = client.register_script(RENEW_SCRIPT)
 
     @property
     def durable(self) -> bool:
@@ -355,6 +378,34 @@ class RedisSpill:
         if trimmed > 0:
             self._metrics.outbox_trimmed.inc(trimmed)
 
+    async def commit(self, request: OutboundRequest, accepted_at: float) -> bool:
+        """Hold ``request`` in the stream itself, never in memory: True once Redis has it.
+        Puts arriving within a few milliseconds share one round trip (a group commit)."""
+        if self._closed or not self._available:
+            return False
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._commits.append(((request, accepted_at), future))
+        if self._committer is None or self._committer.done():
+            self._committer = asyncio.create_task(self._commit_round(), name="outbox-commit")
+        return await asyncio.shield(future)
+
+    async def _commit_round(self) -> None:
+        while self._commits:
+            await asyncio.sleep(COMMIT_WINDOW)
+            batch, self._commits = self._commits[:COMMIT_MAX], self._commits[COMMIT_MAX:]
+            try:
+                await self._add([entry for entry, _ in batch])
+                held = True
+            except UNREACHABLE:
+                self._unreachable()
+                held = False
+            except Exception:
+                log.exception("outbox commit error")
+                held = False
+            for _, future in batch:
+                if not future.done():
+                    future.set_result(held)
+
     @property
     def shared(self) -> bool:
         return True
@@ -389,6 +440,9 @@ class RedisSpill:
                     if not self._group_ready:
                         await self._connect()
                         reconnect.reset()
+                    if self._unacked:
+                        await self._ack(self._unacked)
+                        self._unacked = []
                     entries = await self._next_entries(1 if backoff.failing else self._batch)
                     if not entries:
                         continue
@@ -509,15 +563,42 @@ class RedisSpill:
                 return True
             return False
 
+        # While the round is sent, our claim on its entries is renewed, so a round slowed down
+        # (waiting for a connection, a slow Google) is never taken over and sent twice.
+        renewing = self._keep_claimed([i for i, _ in pending])
+        heartbeat = asyncio.ensure_future(renewing)  # cancelled and awaited below
         try:
             results = await asyncio.gather(*(one(i, r) for i, r in pending))
         except asyncio.CancelledError:
             # Acknowledge what Google already took, so no other replica sends it again.
-            with contextlib.suppress(*UNREACHABLE):
+            try:
                 await asyncio.wait_for(self._ack(settled), ACK_ON_CANCEL_TIMEOUT)
+            except (*UNREACHABLE, TimeoutError):
+                self._remember_unacked(settled)  # close() tries once more
             raise
-        await self._ack(settled)
+        finally:
+            heartbeat.cancel()
+            await asyncio.gather(heartbeat, return_exceptions=True)
+        try:
+            await self._ack(settled)
+        except UNREACHABLE:
+            self._remember_unacked(settled)
+            raise
         return all(results)
+
+    def _remember_unacked(self, ids: list[Any]) -> None:
+        room = MAX_UNACKED - len(self._unacked)
+        self._unacked.extend(ids[:room])
+        if len(ids) > room:
+            log.error("outbox: too many unacknowledged entries", extra={"count": len(ids) - room})
+
+    async def _keep_claimed(self, ids: list[Any]) -> None:
+        if not ids:
+            return
+        while True:
+            await asyncio.sleep(self._claim_idle_ms / 3000)
+            with contextlib.suppress(*UNREACHABLE):
+                await self._renew(keys=[self._key], args=[self._group, self.consumer, *ids])
 
     async def _ack(self, ids: list[Any]) -> None:
         if not ids:
@@ -532,6 +613,12 @@ class RedisSpill:
         if self._closed:
             return 0
         self._closed = True
+        if self._committer is not None:
+            await asyncio.gather(self._committer, return_exceptions=True)
+        if self._unacked:
+            with contextlib.suppress(*UNREACHABLE):
+                await self._ack(self._unacked)
+                self._unacked = []
         if len(self._fallback):
             with contextlib.suppress(*UNREACHABLE):
                 await self._client.ping()

@@ -4,7 +4,9 @@ origin over kept-alive connections, and read the status.
 aiohttp's client costs about as much per request as the whole privacy pipeline; this does
 the same job on asyncio protocols at a fraction of that. It supports exactly what Google's
 collection endpoint needs: TLS, keep-alive, Content-Length, chunked and close-delimited
-bodies (read and discarded). Anything else is an error, and errors are retried upstream.
+bodies (read and discarded). Anything else is an error. An error before the request was
+written is retried upstream; one after it (no answer in time, the connection closed, a
+garbled answer) is ``Unconfirmed``: Google may have taken the request.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import time
 from urllib.parse import urlsplit
 
 from proxy.config import Upstream
+from proxy.forward import Unconfirmed
 from proxy.pipeline import OutboundRequest
 
 MAX_HEAD = 64 * 1024
@@ -213,16 +216,25 @@ class FastSender:
                 status = await self._exchange(conn, data)
             except ConnectionResetError:
                 if not reused or conn.received:
-                    raise
+                    raise Unconfirmed("the connection closed before the answer") from None
                 # The server closed an idle connection as we wrote: nothing was received,
                 # so the request was not processed. Once, on a fresh connection.
                 conn = await self._connect()
-                status = await self._exchange(conn, data)
+                status = await self._answer(conn, data)
+            except (TimeoutError, UpstreamProtocolError) as exc:
+                raise Unconfirmed(type(exc).__name__) from None
             if conn.reusable:
                 self._idle.append(conn)
             else:
                 conn.close()
             return status
+
+    async def _answer(self, conn: _Connection, data: bytes) -> int:
+        """An exchange whose every failure comes after the request was written."""
+        try:
+            return await self._exchange(conn, data)
+        except (TimeoutError, ConnectionError) as exc:
+            raise Unconfirmed(type(exc).__name__) from None
 
     async def _exchange(self, conn: _Connection, data: bytes) -> int:
         try:

@@ -25,6 +25,7 @@ SKETCH_SIZE = 1024
 HASH_SPACE = 1 << 61
 FLUSH_INTERVAL = 1.0
 KEEP_DAYS = 3
+PENDING_MAX = 100_000  # pseudonyms waiting for the next batch to Redis; past it, not counted
 
 
 def day_of(now: float) -> str:
@@ -76,7 +77,7 @@ class DailyVisitors:
         if day != self._day:
             self._day, self._yesterday, self._today = day, self._today, Sketch()
         self._today.add(hash(pseudonym) % HASH_SPACE)
-        if self._client is not None and len(self._pending) < 100_000:
+        if self._client is not None and len(self._pending) < PENDING_MAX:
             self._pending.add(pseudonym)
 
     async def observed(self) -> tuple[int, str] | None:

@@ -24,6 +24,7 @@ import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient
 
 from proxy.audit import (
+    MEMO_SIZE,
     OTHER,
     STREAM_KEY,
     AuditTrail,
@@ -772,3 +773,15 @@ def test_audit_tail_says_when_it_cannot_read(tmp_path: Path) -> None:
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 1
     assert "is the proxy running?" in err and out == ""
+
+
+def test_codes_checked_are_remembered_up_to_memo_size() -> None:
+    """Codes come from the pipeline, but a cap keeps the memo bounded whatever reaches it;
+    past it, codes are still checked, just not remembered."""
+    builder = RecordBuilder(audit_config("stdout"))
+    for n in range(MEMO_SIZE + 1000):
+        assert builder.code(f"code_{n}") == f"code_{n}"
+        assert builder.scope(f"event {n % 1000}") == f"event {n % 1000}"
+    assert len(builder._codes) == MEMO_SIZE
+    assert len(builder._scopes) <= MEMO_SIZE
+    assert builder.code("Not A Code") == OTHER

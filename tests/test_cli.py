@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -270,3 +271,195 @@ def test_promtool_accepts_the_workers_summed_exposition(
     run = subprocess.run([promtool, "check", "metrics"], input=two_workers[0],
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 0 and not (run.stdout + run.stderr).strip(), run.stdout + run.stderr
+
+
+# --- Where the configuration comes from -------------------------------------------------------
+
+
+@pytest.fixture
+def places(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    """A working directory with ./config/proxy.yaml, a stand-in for /etc/analytics-proxy and
+    a file named by the environment: each with its own measurement id."""
+    from proxy import cli
+
+    found = {"cwd": tmp_path / "work" / "config" / "proxy.yaml",
+             "etc": tmp_path / "etc" / "analytics-proxy" / "proxy.yaml",
+             "env": tmp_path / "env.yaml", "flag": tmp_path / "flag.yaml"}
+    for name, path in found.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"measurement_ids: [G-{name.upper()}1234]\nupstream: {{url: stdout}}\n")
+    monkeypatch.chdir(tmp_path / "work")
+    monkeypatch.setattr(cli, "CONFIG_SEARCH", (cli.DEFAULT_CONFIG_PATH, found["etc"]))
+    monkeypatch.delenv(cli.CONFIG_ENV, raising=False)
+    return found
+
+
+@pytest.mark.parametrize(("given", "expected"), [
+    (("flag", "env", "cwd", "etc"), "flag"),
+    (("env", "cwd", "etc"), "env"),
+    (("cwd", "etc"), "cwd"),
+    (("etc",), "etc"),
+])
+def test_config_is_found_in_order(places: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
+                                  given: tuple[str, ...], expected: str) -> None:
+    """--config, then $ANALYTICS_PROXY_CONFIG, then ./config/proxy.yaml, then
+    /etc/analytics-proxy/proxy.yaml."""
+    from proxy.cli import config_path
+    from proxy.config import load
+
+    for name in {"cwd", "etc"} - set(given):
+        places[name].unlink()
+    if "env" in given:
+        monkeypatch.setenv("ANALYTICS_PROXY_CONFIG", str(places["env"]))
+    flag = str(places["flag"]) if "flag" in given else None
+    path = config_path(flag)
+    assert path.resolve() == places[expected].resolve()
+    assert load(path, env={}).measurement_ids == [f"G-{expected.upper()}1234"]
+
+
+def test_a_command_without_config_reads_the_working_directorys(
+        places: dict[str, Path], capsys: Any) -> None:
+    beacon = "https://x.example/g/collect?v=2&tid={}&cid=1.2&en=page_view"
+    results = [json.loads(run_cli(capsys, "explain", "--json", beacon.format(tid))[1])
+               for tid in ("G-CWD1234", "G-ETC1234")]
+    assert [r["reason"] for r in results] == ["no_consent", "unknown_tid"]
+
+
+def test_no_configuration_anywhere_exits_2_saying_where_it_looked(
+        places: dict[str, Path], capsys: Any) -> None:
+    places["cwd"].unlink()
+    places["etc"].unlink()
+    assert main(["report"]) == 2
+    err = capsys.readouterr().err
+    assert "ANALYTICS_PROXY_CONFIG" in err and "./config/proxy.yaml" in err
+    assert str(places["etc"]) in err
+
+
+def test_a_named_file_that_is_missing_is_an_error_not_a_fallback(
+        places: dict[str, Path], monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
+    monkeypatch.setenv("ANALYTICS_PROXY_CONFIG", str(places["env"].with_name("gone.yaml")))
+    assert main(["report"]) == 2
+    assert "gone.yaml" in capsys.readouterr().err
+
+
+# --- explain --har with the visitor's address and country -------------------------------------
+
+
+def har_file(tmp_path: Path, *urls: str) -> Path:
+    entries = [{"request": {"method": "POST", "url": url,
+                            "headers": [{"name": "Cookie", "value": "analytics_consent=granted"},
+                                        {"name": "User-Agent", "value": FIREFOX}]}}
+               for url in urls]
+    path = tmp_path / "site.har"
+    path.write_text(json.dumps({"log": {"entries": entries}}))
+    return path
+
+
+def test_explain_har_applies_client_ip_and_country_to_every_beacon(
+        capsys: Any, config_file: Path, tmp_path: Path) -> None:
+    other = next(h for h in GA4_HITS if h["id"] == "TV-01")["url"]
+    har = har_file(tmp_path, HIT["url"], other)
+    _, out = run_cli(capsys, "explain", "--config", str(config_file), "--json",
+                     "--client-ip", "81.2.69.160", "--country", "US", "--region", "CA",
+                     "--har", str(har))
+    results = [json.loads(line) for line in out.splitlines()]
+    assert len(results) == 2
+    for result in results:
+        assert result["place"] == {"country": "US", "region": "CA"}
+        assert result["location"]["sent"] == "81.2.69.0"
+        assert "_uip=81.2.69.0" in result["forwarded"]["url"]
+
+
+def test_explain_har_country_decides_the_regime(capsys: Any, config_file: Path,
+                                                tmp_path: Path) -> None:
+    har = har_file(tmp_path, HIT["url"])
+    har.write_text(har.read_text().replace("analytics_consent=granted", "other=1"))
+    _, out = run_cli(capsys, "explain", "--config", str(config_file), "--json",
+                     "--country", "DE", "--har", str(har))
+    result = json.loads(out)
+    assert (result["decision"], result["reason"], result["regime"]) == (
+        "drop", "no_consent", "opt_in")
+
+
+def test_explain_jsonl_lines_keep_their_own_visitor(capsys: Any, config_file: Path,
+                                                    tmp_path: Path) -> None:
+    lines = [{"url": HIT["url"], "cookie": "analytics_consent=granted",
+              "client_ip": "192.0.2.7", "country": "FR"},
+             {"url": HIT["url"], "cookie": "analytics_consent=granted"}]
+    path = tmp_path / "beacons.jsonl"
+    path.write_text("\n".join(json.dumps(line) for line in lines))
+    _, out = run_cli(capsys, "explain", "--config", str(config_file), "--json",
+                     "--client-ip", "81.2.69.160", "--country", "US", "--region", "CA",
+                     "--jsonl", str(path))
+    first, second = (json.loads(line) for line in out.splitlines())
+    assert (first["place"], first["location"]["sent"]) == (
+        {"country": "FR", "region": None}, "192.0.2.0")
+    assert (second["place"], second["location"]["sent"]) == (
+        {"country": "US", "region": "CA"}, "81.2.69.0")
+
+
+def test_explain_without_an_address_says_none_was_given(capsys: Any,
+                                                        config_file: Path) -> None:
+    _, out = run_cli(capsys, "explain", "--config", str(config_file),
+                     "--cookie", "analytics_consent=granted", HIT["url"])
+    line = next(x for x in out.splitlines() if "location sent" in x)
+    assert "nothing" in line and "no visitor address given" in line
+    assert "network part" not in line
+
+
+@pytest.mark.parametrize(("flag", "content", "says"), [
+    ("--har", "not json", "is not a HAR file"),
+    ("--har", "[1]", "is not a HAR file"),
+    ("--jsonl", "{\"no_url\": 1}\n", "is not JSON lines"),
+])
+def test_explain_unreadable_input_is_a_message_not_a_traceback(
+        capsys: Any, config_file: Path, tmp_path: Path, flag: str, content: str, says: str
+) -> None:
+    path = tmp_path / "input"
+    path.write_text(content)
+    with pytest.raises(SystemExit) as exited:
+        main(["explain", "--config", str(config_file), flag, str(path)])
+    assert says in str(exited.value.code) and str(path) in str(exited.value.code)
+
+
+# --- A closed pipe ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", [
+    ["explain", "--json", "--jsonl", "{jsonl}"],
+    ["explain", "--jsonl", "{jsonl}"],
+    ["report", "--format", "html"],
+])
+def test_a_reader_that_stops_early_ends_the_command_quietly(
+        config_file: Path, tmp_path: Path, command: list[str]) -> None:
+    """``analytics-proxy explain --json … | head -1``: no traceback, the shell's status for a
+    SIGPIPE (141)."""
+    path = tmp_path / "beacons.jsonl"
+    path.write_text("".join(json.dumps({"url": HIT["url"], "cookie": "analytics_consent=granted"})
+                            + "\n" for _ in range(2000)))
+    argv = [arg.replace("{jsonl}", str(path)) for arg in command]
+    proc = subprocess.Popen([sys.executable, "-m", "proxy", *argv, "--config", str(config_file)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.readline()  # `head -1`: one line, then the reader is gone
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=60)
+    assert err == ""
+    # The report may fit in the pipe's buffer before the reader leaves; 2,000 beacons do not.
+    assert proc.returncode == (141 if command[0] == "explain" else proc.returncode)
+    assert proc.returncode in (0, 141)
+
+
+def test_explain_reads_every_forwarding_header_line_given(
+    capsys: Any, config_file: Path
+) -> None:
+    # Two proxies, each appending its own line: the inner one (127.0.0.1, trusted) wrote the
+    # last; the walk from the right goes on into the first line, as in serve.
+    code, out = run_cli(capsys, "explain", "--config", str(config_file), "--json",
+                        "--cookie", "analytics_consent=granted", "--client-ip", "127.0.0.1",
+                        "--header", "X-Forwarded-For: 81.2.69.160",
+                        "--header", "X-Forwarded-For: 127.0.0.1", HIT["url"])
+    changes = {c["param"]: c for c in json.loads(out)["changes"] if c["scope"] == "query"}
+    assert code == 0
+    assert changes["_uip"]["after"] == "81.2.69.0"

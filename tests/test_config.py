@@ -5,7 +5,15 @@ from typing import Any
 
 import pytest
 
-from proxy.config import DEFAULT_CONFIG_PATH, EU_ENDPOINT, ConfigError, from_mapping, load
+from proxy.config import (
+    DEFAULT_CONFIG_PATH,
+    EU_ENDPOINT,
+    Bots,
+    ConfigError,
+    Listen,
+    from_mapping,
+    load,
+)
 
 ROOT = Path(__file__).parent.parent
 BASE: dict[str, Any] = {"measurement_ids": ["G-TEST1234"]}
@@ -16,6 +24,16 @@ def test_shipped_config_file_is_valid_and_a_dry_run() -> None:
     assert config.dry_run
     assert config.privacy.profile == "strict"
     assert type(config.consent.sources[0]).__struct_config__.tag == "consent_mode"
+
+
+def test_read_timeouts_default_to_ten_seconds_and_headless_browsers_are_bots() -> None:
+    config = from_mapping(BASE)
+    listen = config.listen
+    assert (listen.header_timeout, listen.body_timeout, listen.keepalive_timeout) == (
+        10.0, 10.0, 75.0)
+    assert not config.bots.allow_headless
+    shipped = load(ROOT / DEFAULT_CONFIG_PATH, env={})  # says the defaults, as it claims
+    assert (shipped.listen, shipped.bots) == (Listen(), Bots())
 
 
 def test_built_in_upstream_is_googles_eu_endpoint() -> None:
@@ -46,10 +64,16 @@ def test_source_options_override_defaults() -> None:
         ({"listn": {}}, "listn"),
         ({"listen": {"port": "eighty"}}, "listen.port"),
         ({"listen": {"port": 70000}}, "listen.port"),
+        ({"listen": {"header_timeout": 0}}, "listen.header_timeout"),
+        ({"listen": {"body_timeout": -1}}, "listen.body_timeout"),
+        ({"listen": {"body_timeout": 301}}, "listen.body_timeout"),
+        ({"listen": {"keepalive_timeout": "long"}}, "listen.keepalive_timeout"),
+        ({"bots": {"allow_headless": "yes"}}, "bots.allow_headless"),
         ({"measurement_ids": []}, "measurement_ids"),
         ({"measurement_ids": ["UA-1234-1"]}, "measurement_ids"),
         ({"allowed_origins": ["www.example.com"]}, "allowed_origins"),
         ({"trusted_proxies": ["not-a-net"]}, "trusted_proxies"),
+        ({"forwarded_header": "x-real-ip"}, "forwarded_header"),
         ({"upstream": {"url": "ftp://x/y"}}, "upstream.url"),
         ({"upstream": {"timeout": 0}}, "upstream.timeout"),
         ({"upstream": {"queue_size": 0}}, "upstream.queue_size"),

@@ -194,6 +194,8 @@ async def test_health_stays_public_on_the_public_port(aiohttp_client: Clients) -
         ("/dashboard/", "text/html"),
         ("/dashboard/app.js", "text/javascript"),
         ("/dashboard/style.css", "text/css"),
+        ("/dashboard/favicon.svg", "image/svg+xml"),
+        ("/favicon.ico", "image/svg+xml"),
         ("/dashboard/api/summary", "application/json"),
         ("/dashboard/api/policy", "application/json"),
     ],
@@ -209,6 +211,21 @@ async def test_every_response_carries_a_strict_policy(
     assert "default-src 'none'" in csp and "unsafe" not in csp and "*" not in csp
     assert resp.headers["X-Content-Type-Options"] == "nosniff"
     assert resp.headers["Cache-Control"] == "no-store"
+
+
+async def test_the_favicon_is_served_where_a_browser_looks_and_is_the_pages_icon(
+    admin: TestClient,
+) -> None:
+    root = await admin.get("/favicon.ico", headers=BEARER)  # asked for by every browser tab
+    linked = await admin.get("/dashboard/favicon.svg", headers=BEARER)  # the page's <link>
+    assert root.status == linked.status == 200
+    icon = await root.read()
+    assert icon == await linked.read()
+    assert icon.startswith(b"<svg ") and b"<script" not in icon and len(icon) < 1024
+    html = (ROOT / "proxy" / "static" / "dashboard.html").read_text()
+    assert '<link rel="icon" href="favicon.svg" type="image/svg+xml">' in html
+    # Behind the token like the rest of the admin port.
+    assert (await admin.get("/favicon.ico")).status == 401
 
 
 def test_the_page_loads_nothing_from_elsewhere_and_writes_no_html() -> None:
@@ -468,6 +485,14 @@ async def test_explain_a_har_explains_each_collect_request(admin: TestClient) ->
     assert [r["decision"] for r in answer["results"]] == ["forward"] * len(FORWARDABLE)
 
 
+async def test_a_har_is_taken_as_an_object_as_well_as_its_text(admin: TestClient) -> None:
+    text = har_of(FORWARDABLE, GRANTED)
+    as_text = await explain(admin, {"har": text})
+    as_object = await explain(admin, {"har": json.loads(text)})  # what a script sends
+    assert as_object == as_text
+    assert as_object[0] == 200 and as_object[1]["shown"] == len(FORWARDABLE)
+
+
 async def test_a_large_har_is_explained_in_part(admin: TestClient) -> None:
     hits = [FORWARDABLE[-1]] * (MAX_HAR_BEACONS + 5)
     status, answer = await explain(admin, {"har": har_of(hits, GRANTED)})
@@ -513,6 +538,10 @@ BAD_INPUTS = [
     ("har method not text", b'{"har": "{\\"log\\": {\\"entries\\": [{\\"request\\": {\\"url\\": '
                             b'\\"https://x.example/g/collect?v=2\\", \\"method\\": 7}}]}}"}'),
     ("har without beacons", b'{"har": "{\\"log\\": {\\"entries\\": []}}"}'),
+    ("har object without beacons", b'{"har": {"log": {"entries": []}}}'),
+    ("har object wrong shape", b'{"har": {"log": {"entries": [{"request": {"url": 5}}]}}}'),
+    ("har neither text nor object", b'{"har": [{"log": {}}]}'),
+    ("har a number", b'{"har": 5}'),
     ("deep nesting", b"[" * 100_000 + b"]" * 100_000),
     ("invalid utf-8", b'{"url": "\xff\xfe"}'),
 ]
@@ -700,6 +729,14 @@ def test_the_dashboard_in_a_real_browser(served: tuple[int, int], tmp_path: Path
             expect(page.locator("#reasons")).to_contain_text("bot")
             expect(page.locator("#policy-sections")).to_contain_text("Profile: strict.")
             expect(page.locator("#status")).to_contain_text("updated")
+            # The page's icon loads under the page's own strict policy (img-src 'self').
+            icon_width = page.evaluate("""() => new Promise(done => {
+                const icon = new Image();
+                icon.onload = () => done(icon.naturalWidth);
+                icon.onerror = () => done(-1);
+                icon.src = document.querySelector('link[rel=icon]').href;
+            })""")
+            assert icon_width > 0
 
             # Markup inside a pasted value is shown as text, never run as HTML.
             hit = FORWARDABLE[1]

@@ -4,6 +4,7 @@ it will not read is a ``consent_error`` drop, never "no cookie"."""
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
@@ -100,3 +101,24 @@ def test_a_har_lists_advertising_requests_beside_the_beacons() -> None:
                                 "headers": []}})
     urls = [b.url for b in har_beacons({"log": {"entries": entries}})]
     assert urls == [HIT["url"], "https://stats.example.com/td?id=G-1"]
+
+
+@pytest.mark.parametrize(
+    ("client_ip", "headers", "sent"),
+    [
+        pytest.param("81.2.69.160", {}, "81.2.69.0", id="the given address, as the peer"),
+        pytest.param("81.2.69.160", {"X-Forwarded-For": "198.51.100.9"}, "81.2.69.0",
+                     id="an untrusted peer's header is not read"),
+        pytest.param("127.0.0.1", {"X-Forwarded-For": "198.51.100.9, 81.2.69.160"}, "81.2.69.0",
+                     id="behind a trusted proxy: the right-most untrusted hop"),
+        pytest.param("127.0.0.1", {"X-Forwarded-For": "81.2.69.160, unknown"}, None,
+                     id="an unreadable hop: no address"),
+    ],
+)
+async def test_explain_resolves_the_address_as_serve_does(
+    explainer: Explainer, client_ip: str, headers: dict[str, str], sent: str | None
+) -> None:
+    given = beacon(client_ip=client_ip, cookie=GRANTED, headers={"User-Agent": UA, **headers})
+    result = explainer.to_json(await explainer.explain(given))
+    assert result["decision"] == "forward"
+    assert dict(parse_qsl(urlsplit(result["forwarded"]["url"]).query)).get("_uip") == sent

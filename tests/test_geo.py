@@ -161,3 +161,13 @@ def test_networks_the_database_splits_are_never_merged_by_the_cache(db_path: Pat
         assert db.lookup(ip("198.51.100.200")) == UNKNOWN
         assert db.lookup(ip("81.2.69.1")) == Place("GB", "ENG")
         assert db.lookup(ip("81.2.69.254")) == Place("GB", "ENG")
+
+
+def test_the_place_cache_holds_at_most_cache_size_networks(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("proxy.geo.CACHE_SIZE", 16)
+    db = GeoDatabase(db_path)
+    for n in range(200):  # 200 distinct /48s the database holds as one /32
+        assert db.lookup(ip(f"2001:db8:{n:x}::1")) == Place("DE", None)
+    assert len(db._places) == 16

@@ -283,6 +283,29 @@ async def test_mesh_counts_are_shared_through_redis(redis_url: str) -> None:
         await client.aclose()
 
 
+async def test_mesh_bookkeeping_per_cell_stays_under_max_cells(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cells seen once and never again: what is remembered of their shared counts is cut
+    back to MAX_CELLS at every flush, and nothing waits to be sent after one."""
+    from redis.asyncio import Redis
+
+    monkeypatch.setattr("proxy.mesh.MAX_CELLS", 50)
+    client = Redis.from_url(redis_url)
+    try:
+        now = [1_000_000.0]
+        counter = RedisCellCounter(client, k=1, window=3600, clock=lambda: now[0])
+        for round_ in range(4):
+            for n in range(100):
+                counter.observe((f"city:{round_ * 100 + n}",), "v1")
+            await counter.flush()
+            now[0] += 1
+            assert len(counter._checked) <= 50 and len(counter._open) <= 50
+            assert not counter._pending
+    finally:
+        await client.aclose()
+
+
 async def test_mesh_counter_without_redis_falls_back_to_local_counts() -> None:
     from redis.asyncio import Redis
 

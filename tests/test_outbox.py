@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestServer
 from redis.asyncio import Redis
 
 from proxy.config import ConfigError, Upstream
-from proxy.forward import Outbox
+from proxy.forward import Outbox, Unconfirmed
 from proxy.metrics import Metrics
 from proxy.pipeline import OutboundRequest
 from proxy.server import OUTBOX, SPILL, init_app, make_redis
@@ -320,3 +320,19 @@ def test_outbox_settings_are_checked_naming_the_key(
 ) -> None:
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         proxy_config(GOOGLE, **{section: values})
+
+
+@pytest.mark.parametrize(("resend", "attempts"), [(False, 1), (True, 3)])
+async def test_a_request_sent_and_not_answered_is_not_sent_again_by_default(
+    resend: bool, attempts: int
+) -> None:
+    # Google may have taken it: a second send would count its events twice in GA4.
+    sender, metrics = ScriptedSender([Unconfirmed("timeout"), Unconfirmed("timeout")]), Metrics()
+    outbox = Outbox(sender, upstream(resend_unconfirmed=resend), metrics)
+    outbox.start()
+    await outbox.put(request(1))
+    await until(lambda: outbox.pending == 0)
+    assert sender.attempts == attempts
+    assert sample(metrics, "beacons_unconfirmed_total") == (0 if resend else 1)
+    assert sample(metrics, "beacons_lost_total", reason="retries_exhausted") == 0
+    await outbox.shutdown(1.0)

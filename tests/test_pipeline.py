@@ -237,6 +237,17 @@ async def test_rate_limited_network_is_dropped_before_consent() -> None:
     assert other.reason == "granted"
 
 
+async def test_beacons_whose_address_is_unknown_share_one_rate_limit() -> None:
+    """No address (a trusted proxy wrote "unknown") is never a way around the limit."""
+    from proxy.ratelimit import RateLimiter
+
+    limiter = RateLimiter(limit=2, window=60)
+    p = Pipeline(config(), Pseudonymizer(MemoryState(), bits=32, rotation=86400), limiter=limiter)
+    reasons = [(await p.process(request(HIT, cookie=GRANTED, client_ip=None))).reason
+               for _ in range(3)]
+    assert reasons == ["granted", "granted", "rate_limited"]
+
+
 OVER_LIMIT_COOKIE = GRANTED + "; pad=" + "x" * MAX_COOKIE_HEADER
 UNDECODABLE_COOKIE = GRANTED + "; x=\udcff"
 

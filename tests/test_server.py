@@ -244,6 +244,67 @@ async def test_cors_preflight_only_for_allowed_origins(proxy: TestClient) -> Non
     assert "Access-Control-Allow-Origin" not in refused.headers
 
 
+async def test_empty_allowed_origins_answer_cors_for_any_origin(
+    aiohttp_client: Clients, capture: tuple[Capture, str]
+) -> None:
+    cap, url = capture
+    client = await aiohttp_client(init_app(proxy_config(url, allowed_origins=[]), Metrics()))
+    origin = "http://127.0.0.1:1234"  # any origin, as any origin's beacons are taken
+    preflight = await client.options("/g/collect", headers={
+        "Origin": origin, "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type"})
+    assert preflight.status == 204
+    assert preflight.headers["Access-Control-Allow-Origin"] == origin
+    assert preflight.headers["Access-Control-Allow-Credentials"] == "true"
+    assert preflight.headers["Access-Control-Allow-Headers"] == "Content-Type"
+    assert "POST" in preflight.headers["Access-Control-Allow-Methods"]
+    assert preflight.headers["Vary"] == "Origin"
+    hit = FORWARDABLE[0]
+    resp = await client.post(hit_target(hit), data=hit["body"],
+                             headers={**HEADERS, "Origin": origin})
+    assert resp.status == 204
+    assert resp.headers["Access-Control-Allow-Origin"] == origin  # echoed, never "*"
+    assert resp.headers["Vary"] == "Origin"
+    assert len(await cap.wait_for(1)) == 1
+    # Not a CORS request: no CORS headers, and a preflight without an Origin is refused.
+    assert "Access-Control-Allow-Origin" not in (
+        await client.get("/g/collect?v=2&tid=G-TEST1234")).headers
+    assert (await client.options("/g/collect")).status == 403
+
+
+HEADLESS_UA = (
+    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "HeadlessChrome/156.0.8078.114 Safari/537.36"
+)
+
+
+@pytest.mark.parametrize("allow", [False, True])
+async def test_headless_chromium_is_a_bot_unless_allowed_and_then_is_chrome(
+    aiohttp_client: Clients, capture: tuple[Capture, str], allow: bool
+) -> None:
+    cap, url = capture
+    metrics = Metrics()
+    config = proxy_config(url, bots={"allow_headless": allow})
+    client = await aiohttp_client(init_app(config, metrics))
+    hit = FORWARDABLE[0]
+    resp = await client.post(hit_target(hit), data=hit["body"],
+                             headers={**HEADERS, "User-Agent": HEADLESS_UA})
+    assert resp.status == 204  # either way: a bot is not told it was spotted
+    bots = metrics.registry.get_sample_value(
+        "analytics_proxy_beacons_dropped_total", {"reason": "bot"})
+    if not allow:
+        assert bots == 1
+        await asyncio.sleep(0.2)
+        assert cap.hits == []
+        return
+    assert bots == 0
+    (arrived,) = await cap.wait_for(1)
+    # Generalised as any Chrome: no "Headless", no minor version.
+    assert arrived.headers["User-Agent"] == (
+        "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+        "Chrome/156.0.0.0 Safari/537.36")
+
+
 async def test_health_and_readiness(proxy: TestClient) -> None:
     assert (await proxy.get("/healthz")).status == 200
     assert (await proxy.get("/readyz")).status == 200
@@ -294,6 +355,94 @@ async def test_untrusted_peer_cannot_spoof_its_address(
     await client.post(hit_target(FORWARDABLE[0]), headers=HEADERS)
     (got,) = await cap.wait_for(1)
     assert dict(parse_qsl(got.query))["_uip"] == "127.0.0.0"  # the socket peer, truncated
+
+
+async def post_raw(port: int, *lines: bytes) -> int:
+    """One beacon, byte for byte: header lines as given (duplicates kept)."""
+    base = [f"{k}: {v}".encode() for k, v in HEADERS.items() if k != "X-Forwarded-For"]
+    status, _ = await exchange(port, http_request(
+        hit_target(FORWARDABLE[0]).encode(), *base, *lines, b"Connection: close",
+        method=b"POST"))
+    return status
+
+
+def uip(hit: Any) -> str | None:
+    return dict(parse_qsl(hit.query)).get("_uip")
+
+
+async def test_a_second_x_forwarded_for_line_appended_by_the_proxy_decides(
+    aiohttp_client: Clients, capture: tuple[Capture, str]
+) -> None:
+    """HAProxy's ``option forwardfor`` adds its own line after the client's: the client's
+    claim (first line) never becomes the address, over a real loopback socket."""
+    cap, url = capture
+    client = await aiohttp_client(init_app(proxy_config(url, trusted_proxies=["127.0.0.0/8"]),
+                                           Metrics()))
+    assert await post_raw(client.port, b"X-Forwarded-For: 198.51.100.9",
+                          f"X-Forwarded-For: {CLIENT_IP}".encode()) == 204
+    (got,) = await cap.wait_for(1)
+    assert uip(got) == "203.0.113.0"
+
+
+async def test_a_client_cannot_escape_the_rate_limit_with_its_own_forwarded_for_line(
+    aiohttp_client: Clients, capture: tuple[Capture, str]
+) -> None:
+    """A new spoofed first line per beacon: still one network, so the limit holds."""
+    cap, url = capture
+    config = proxy_config(url, trusted_proxies=["127.0.0.0/8"], rate_limit={"per_network": 5})
+    metrics = Metrics()
+    client = await aiohttp_client(init_app(config, metrics))
+    for n in range(12):
+        await post_raw(client.port, f"X-Forwarded-For: 198.51.{n}.9".encode(),
+                       f"X-Forwarded-For: {CLIENT_IP}".encode())
+    await cap.wait_for(5)
+    await asyncio.sleep(0.05)
+    assert len(cap.hits) == 5
+    assert metrics.registry.get_sample_value(
+        "analytics_proxy_beacons_dropped_total", {"reason": "rate_limited"}) == 7
+    assert {uip(hit) for hit in cap.hits} == {"203.0.113.0"}
+
+
+async def test_forwarded_header_when_configured_over_http(
+    aiohttp_client: Clients, capture: tuple[Capture, str]
+) -> None:
+    cap, url = capture
+    config = proxy_config(url, trusted_proxies=["127.0.0.0/8"], forwarded_header="forwarded")
+    client = await aiohttp_client(init_app(config, Metrics()))
+    # Two lines; X-Forwarded-For (not the configured header) is ignored.
+    assert await post_raw(client.port, b"X-Forwarded-For: 198.51.100.9",
+                          b'Forwarded: for="198.51.100.77:1234";proto=https',
+                          b'Forwarded: for="[2001:db8:cafe::17]:4711", for=127.0.0.1') == 204
+    (got,) = await cap.wait_for(1)
+    assert uip(got) == "2001:db8:cafe::"
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        pytest.param([f"X-Forwarded-For: {CLIENT_IP}, unknown".encode()], id="unknown"),
+        pytest.param([f"X-Forwarded-For: {CLIENT_IP}".encode(), b"X-Forwarded-For: ;;garbage"],
+                     id="garbage in the appended line"),
+        pytest.param([f"X-Forwarded-For: {CLIENT_IP}".encode(), b"X-Forwarded-For:"],
+                     id="an empty appended line"),
+    ],
+)
+async def test_an_unreadable_hop_sends_no_address_and_is_still_rate_limited(
+    aiohttp_client: Clients, capture: tuple[Capture, str], lines: list[bytes]
+) -> None:
+    """The walk stops at what it cannot read: never the address on its left (the client's
+    own claim), no ``_uip``; such beacons share one rate-limit bucket."""
+    cap, url = capture
+    config = proxy_config(url, trusted_proxies=["127.0.0.0/8"], rate_limit={"per_network": 2})
+    metrics = Metrics()
+    client = await aiohttp_client(init_app(config, metrics))
+    for _ in range(3):
+        assert await post_raw(client.port, *lines) == 204
+    await cap.wait_for(2)
+    await asyncio.sleep(0.05)
+    assert [uip(hit) for hit in cap.hits] == [None, None]
+    assert metrics.registry.get_sample_value(
+        "analytics_proxy_beacons_dropped_total", {"reason": "rate_limited"}) == 1
 
 
 @pytest.mark.parametrize("client", ["lean", "aiohttp"])

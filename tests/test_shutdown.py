@@ -135,10 +135,10 @@ class Load:
     """Beacons sent by a few concurrent clients until the proxy stops answering; records
     the markers of those answered 204."""
 
-    def __init__(self, proxy: Proxy, session: aiohttp.ClientSession) -> None:
+    def __init__(self, proxy: Proxy, session: aiohttp.ClientSession, first: int = 0) -> None:
         self.proxy, self.session = proxy, session
         self.answered: list[int] = []
-        self._markers = itertools.count()
+        self._markers = itertools.count(first)
         self._stopped = False
 
     async def client(self) -> None:

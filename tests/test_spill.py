@@ -323,3 +323,88 @@ async def test_the_drain_loop_stops_whenever_it_is_cancelled(client: Redis) -> N
         task.cancel()
         done, _ = await asyncio.wait({task}, timeout=5)
         assert done == {task}, f"the drain loop ran on after its cancellation (round {i})"
+
+
+async def test_a_slow_send_is_not_taken_over_by_another_replica(client: Redis) -> None:
+    # A round that takes longer than claim_idle (a slow Google, a wait for a connection)
+    # keeps its entries: the other replica must not claim them and send them again.
+    slow = Google()
+    slow.hang = asyncio.Event()
+    first = RedisSpill(client, stream_maxlen=1000, claim_idle=0.3, consumer="first", **FAST)
+    second = RedisSpill(client, stream_maxlen=1000, claim_idle=0.3, consumer="second", **FAST)
+    for i in range(5):
+        await first.put(request(i), time.time())
+    other = Google()
+    tasks = [asyncio.create_task(first.run(slow))]
+    await until(lambda: len(slow.calls) == 5)
+    tasks.append(asyncio.create_task(second.run(other)))
+    try:
+        await asyncio.sleep(1.5)  # five times claim_idle
+        slow.hang.set()
+        await until(lambda: len(slow.delivered) == 5)
+        await until_async(lambda: _is(pending(client), 0))
+    finally:
+        for task in tasks:
+            await stop(task)
+    assert sorted(slow.delivered) == list(range(5))
+    assert other.calls == []
+
+
+async def test_a_failed_acknowledgement_is_retried_before_reading_again(client: Redis) -> None:
+    # Google took the entries, then the XACK failed (Redis unreachable for a moment): they
+    # are acknowledged before the loop reads its own pending entries, never sent twice.
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    spill = RedisSpill(client, stream_maxlen=1000, **FAST)
+    for i in range(3):
+        await spill.put(request(i), time.time())
+    real_ack, failures = spill._ack, [1]
+
+    async def ack_failing_once(ids: list[Any]) -> None:
+        if failures:
+            failures.pop()
+            raise RedisConnectionError("injected: the acknowledgement did not reach Redis")
+        await real_ack(ids)
+
+    spill._ack = ack_failing_once  # type: ignore[method-assign]
+    google = Google()
+    task = asyncio.create_task(spill.run(google))
+    try:
+        await until(lambda: len(google.delivered) == 3)
+        await until_async(lambda: _is(pending(client), 0))
+        await asyncio.sleep(0.3)  # a second send would have had its chance
+    finally:
+        await stop(task)
+    assert sorted(google.calls) == [0, 1, 2]
+
+
+async def test_durable_puts_share_round_trips(client: Redis) -> None:
+    spill = RedisSpill(client, stream_maxlen=10_000, **FAST)
+    before = await _exec_calls(client)
+    held = await asyncio.gather(*(spill.commit(request(i), time.time()) for i in range(300)))
+    assert held == [True] * 300
+    assert await client.xlen(STREAM_KEY) == 300
+    # Group commits: 300 puts in a handful of transactions (at most 256 entries each).
+    assert await _exec_calls(client) - before <= 5
+    await spill.close()
+
+
+async def _exec_calls(client: Redis) -> int:
+    stats = await client.info("commandstats")
+    return int(stats.get("cmdstat_exec", {}).get("calls", 0))
+
+
+async def test_a_durable_put_is_refused_while_redis_is_unreachable(
+    own_redis: RedisServer,
+) -> None:
+    client = make_redis(own_redis.url)
+    spill = RedisSpill(client, stream_maxlen=1000, **FAST)
+    try:
+        assert await spill.commit(request(1), time.time())
+        own_redis.stop()
+        assert not await spill.commit(request(2), time.time())
+        assert not await spill.commit(request(3), time.time())  # not even tried: unavailable
+        assert await spill.depth(include_shared=False) == 0  # never in memory instead
+    finally:
+        await spill.close()
+        await client.aclose()

@@ -9,6 +9,7 @@ import pytest
 from aiohttp import web
 
 from proxy.config import from_mapping
+from proxy.forward import Unconfirmed
 from proxy.pipeline import OutboundRequest
 from proxy.transport import FastSender
 
@@ -106,15 +107,19 @@ async def test_concurrency_is_bounded_by_max_connections(aiohttp_server: Any) ->
     assert len({peer for *_, peer in recorder.requests}) <= 3
 
 
-async def test_a_hanging_upstream_times_out(aiohttp_server: Any) -> None:
+async def test_a_hanging_upstream_is_unconfirmed_not_a_retryable_error(
+    aiohttp_server: Any,
+) -> None:
+    # The request was written: Google may have taken it, so it must not look retryable.
     async def hang(request: web.Request) -> web.StreamResponse:
         await asyncio.sleep(30)
         return web.Response(status=204)
 
     _, url = await serve(aiohttp_server, hang)
     sender = sender_for(url, timeout=0.2)
-    with pytest.raises(TimeoutError):
+    with pytest.raises(Unconfirmed) as raised:
         await sender.send(REQUEST)
+    assert not isinstance(raised.value, OSError | TimeoutError)
     await sender.close()
 
 
@@ -124,7 +129,7 @@ async def test_nothing_listening_is_a_connection_error() -> None:
         await sender.send(REQUEST)
 
 
-async def test_garbage_answer_is_a_protocol_error() -> None:
+async def test_garbage_answer_is_unconfirmed() -> None:
     async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
         writer.write(b"SSH-2.0-OpenSSH\r\n\r\n")
@@ -134,7 +139,7 @@ async def test_garbage_answer_is_a_protocol_error() -> None:
     port = server.sockets[0].getsockname()[1]
     sender = sender_for(f"http://127.0.0.1:{port}/g/collect")
     try:
-        with pytest.raises(ConnectionError):
+        with pytest.raises(Unconfirmed):
             await sender.send(REQUEST)
     finally:
         await sender.close()
@@ -160,3 +165,20 @@ def test_control_characters_never_reach_the_wire() -> None:
     sender = sender_for("http://127.0.0.1:9/g/collect")
     with pytest.raises(ValueError):
         sender._encode(OutboundRequest("v=2", "", "Mozilla\r\nX-Forwarded-For: 1.2.3.4"))
+
+
+async def test_a_connection_closed_after_the_request_was_read_is_unconfirmed() -> None:
+    # Google read the request (and may have counted it), then the connection dropped.
+    async def read_then_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+
+    server = await asyncio.start_server(read_then_close, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    sender = sender_for(f"http://127.0.0.1:{port}/g/collect")
+    try:
+        with pytest.raises(Unconfirmed):
+            await sender.send(REQUEST)
+    finally:
+        await sender.close()
+        server.close()

@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 
 from proxy.metrics import Metrics
 from proxy.server import init_admin_app, init_app
-from proxy.visitors import SKETCH_SIZE, DailyVisitors, Sketch
+from proxy.visitors import PENDING_MAX, SKETCH_SIZE, DailyVisitors, Sketch
 from tests.capture import Capture
 from tests.conftest import GA4_HITS
 from tests.test_server import HEADERS, proxy_config
@@ -90,3 +90,12 @@ async def test_the_admin_report_states_the_observed_volume(aiohttp_client: Any,
     html = await admin.get("/report")
     assert html.status == 200 and html.content_type == "text/html"
     assert (await admin.get("/report?format=pdf")).status == 400
+
+
+def test_pseudonyms_waiting_for_redis_are_capped() -> None:
+    """Redis unreachable for long: the batch waiting for it stops growing at its cap."""
+    visitors = DailyVisitors(client=object(), clock=lambda: 86400 * 20_000.0)
+    for n in range(PENDING_MAX + 5_000):
+        visitors.add(f"{n}.1700000000")
+    assert len(visitors._pending) == PENDING_MAX
+    assert visitors._today.estimate() > PENDING_MAX * 0.8  # the memory sketch still counts

@@ -10,7 +10,8 @@ gives the same browser family, major version and OS family (tests check this on 
 everything rarer (OS version, device model, build ids, in-app tokens, locale) is gone.
 
 Families without a template, and OSes without a frozen token, get a generic string that keeps
-nothing rare. The generaliser also flags bots, which the proxy drops.
+nothing rare. The generaliser also flags bots, which the proxy drops; headless Chromium among
+them unless ``allow_headless`` (a site's own end-to-end tests), when it counts as Chrome.
 
 Parsing costs tens of microseconds, so results are cached in a bounded in-memory dict keyed by
 the raw UA. A UA string is not personal by itself but can be rare; the cache is never exported
@@ -126,6 +127,8 @@ _BOT_MARKERS = re.compile(
     re.IGNORECASE,
 )
 _SPIDER = "Spider"
+# Headless Chromium's UA is Chrome's with this product token instead of "Chrome/".
+_HEADLESS_CHROME = "HeadlessChrome/"
 _MAX_PARSED = 1024  # real UAs are under 500 characters; the rest cannot change the result
 
 
@@ -147,12 +150,14 @@ _EMPTY = GeneralisedAgent(GENERIC, _OTHER, "", _OTHER, False)
 class UserAgentGeneraliser:
     """Maps raw User-Agent strings to ``GeneralisedAgent``; one per process."""
 
-    def __init__(self, cache_size: int = 4096) -> None:
+    def __init__(self, cache_size: int = 4096, *, allow_headless: bool = False) -> None:
         """``cache_size``: how many distinct raw UAs to remember (0: no cache). Loads the
-        uap-core matchers now, so the first beacon does not pay for it."""
+        uap-core matchers now, so the first beacon does not pay for it. ``allow_headless``:
+        headless Chromium is Chrome, not a bot (other automation markers still are)."""
         if cache_size < 0:
             raise ValueError("cache_size must be >= 0")
         self._cache_size = cache_size
+        self._allow_headless = allow_headless
         self._cache: dict[str, GeneralisedAgent] = {}
         # No cache in the parser itself: ours holds the result, a second one would hold the
         # same rare strings twice.
@@ -182,6 +187,8 @@ class UserAgentGeneraliser:
         return agent
 
     def _rebuild(self, ua: str) -> GeneralisedAgent:
+        if self._allow_headless:
+            ua = ua.replace(_HEADLESS_CHROME, "Chrome/")
         result = self._parser.parse(ua)
         browser = result.user_agent
         os = result.os

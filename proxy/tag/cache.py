@@ -9,6 +9,11 @@ cache, or one past that age, makes a request wait for Google.
 One fetch per tag at a time: requests in this process share the refresh in flight, and with
 Redis a short lock makes replicas share one fetch too; a replica that loses the race waits for
 the winner's copy to appear in Redis. The copy in Redis also survives a restart.
+
+Keys come from requests (the id is one of ``measurement_ids``, but ``l``, ``cx`` and ``gtm``
+are the client's, within their shapes), so at most ``max_entries`` copies are kept, in memory
+and in Redis alike: past it, the least recently fetched copy is forgotten (it is fetched again
+if asked for). A site uses a handful; the cap only bites on made-up variants.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ from proxy.state import KEY_PREFIX
 log = logging.getLogger(__name__)
 
 CACHE_PREFIX = KEY_PREFIX + "tag:"
+INDEX_KEY = KEY_PREFIX + "tag-index"  # the copies held in Redis, by when they were written
+MAX_ENTRIES = 32  # copies of the tag (~0.6 MB each in three encodings) kept at most
 LOCK_PREFIX = KEY_PREFIX + "tag-lock:"
 LOCK_SECONDS = 30  # longer than a fetch may take (TagOrigin's timeout)
 PEER_WAIT = 0.1  # seconds between looks for another replica's copy
@@ -112,8 +119,10 @@ class TagCache:
         max_stale: float,
         redis: Redis | None = None,
         clock: Callable[[], float] = time.time,
+        max_entries: int = MAX_ENTRIES,
     ) -> None:
         self._build = build
+        self._max = max_entries
         self.ttl = ttl
         self.max_stale = max_stale
         self._redis = redis
@@ -129,7 +138,8 @@ class TagCache:
         if body is None or self._age(body) >= self.ttl:
             shared = await self._newer_shared(key, body)
             if shared is not None:
-                body = self._memory[key] = shared
+                body = shared
+                self._keep(key, shared)
         if body is not None:
             age = self._age(body)
             if age < self.ttl:
@@ -141,6 +151,21 @@ class TagCache:
 
     def cached(self, key: str) -> TagBody | None:
         return self._memory.get(key)
+
+    def __len__(self) -> int:
+        """Copies held in memory (never more than ``max_entries``)."""
+        return len(self._memory)
+
+    def _keep(self, key: str, body: TagBody) -> None:
+        """Hold ``body`` as the latest copy of ``key``, forgetting the least recently
+        fetched copy when ``max_entries`` are held."""
+        memory = self._memory
+        memory.pop(key, None)
+        while len(memory) >= self._max:
+            oldest = next(iter(memory))
+            del memory[oldest]
+            self._checked.pop(oldest, None)
+        memory[key] = body  # last: the first copy is always the least recently fetched
 
     async def close(self) -> None:
         tasks = [*self._background, *self._flights.values()]
@@ -180,14 +205,14 @@ class TagCache:
             # Another replica is fetching: its copy will appear in Redis.
             body = await self._wait_for_peer(key)
             if body is not None:
-                self._memory[key] = body
+                self._keep(key, body)
                 return body
         try:
             body = await self._build(key)
         finally:
             if self._redis is not None:
                 await self._unlock(key)
-        self._memory[key] = body
+        self._keep(key, body)
         await self._write_shared(key, body)
         return body
 
@@ -209,9 +234,10 @@ class TagCache:
         if self._redis is None:
             return None
         now = time.monotonic()
-        if known is not None and now - self._checked.get(key, -SHARED_CHECK) < SHARED_CHECK:
-            return None
-        self._checked[key] = now
+        if known is not None:  # only keys held in memory are remembered as checked
+            if now - self._checked.get(key, -SHARED_CHECK) < SHARED_CHECK:
+                return None
+            self._checked[key] = now
         return await self._read_shared(key, newer_than=known.fetched_at if known else None)
 
     async def _read_shared(self, key: str, newer_than: float | None = None) -> TagBody | None:
@@ -234,7 +260,19 @@ class TagCache:
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.hset(CACHE_PREFIX + key, mapping=body.as_fields())  # type: ignore[arg-type]
                 pipe.expire(CACHE_PREFIX + key, int(self.ttl + self.max_stale) + 1)
-                await pipe.execute()
+                pipe.zadd(INDEX_KEY, {key: body.fetched_at})
+                pipe.expire(INDEX_KEY, int(self.ttl + self.max_stale) + 1)
+                pipe.zcard(INDEX_KEY)
+                held = (await pipe.execute())[-1]
+            if int(held) > self._max:
+                # The least recently fetched copies beyond the cap go, with their index entry.
+                evicted: list[tuple[Any, float]] = await self._redis.zpopmin(
+                    INDEX_KEY, int(held) - self._max
+                )  # type: ignore[assignment]
+                names = [CACHE_PREFIX + (k.decode() if isinstance(k, bytes) else str(k))
+                         for k, _ in evicted]
+                if names:
+                    await self._redis.delete(*names)
         except (RedisError, OSError):
             log.warning("tag cache: redis unavailable, kept in memory only")
 

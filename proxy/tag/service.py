@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import time
 
 from aiohttp import web
 from redis.asyncio import Redis
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 
 RETRY_AFTER = "60"  # seconds: a cold cache with the origin unreachable
 JAVASCRIPT = "application/javascript; charset=utf-8"
+NEW_VARIANTS_PER_MINUTE = 10  # tags with extra keys (l, cx, gtm) fetched for the first time
 
 
 class TagService:
@@ -41,6 +43,7 @@ class TagService:
         self.cache = TagCache(
             self._build, ttl=tag.ttl_seconds, max_stale=tag.max_stale_seconds, redis=redis
         )
+        self._variant_minute, self._variants_fetched = -1, 0
         self._headers = {
             "Cache-Control": f"public, max-age={tag.ttl_seconds}",
             "Vary": "Accept-Encoding",
@@ -74,8 +77,14 @@ class TagService:
         wanted = TagRequest.parse(request.path, request.query, self.allowed_ids)
         if wanted is None or (self.loopback_only and not _is_loopback_host(request.host)):
             return self._counted("not_found", web.Response(status=404))
+        key = wanted.key
+        if wanted.extra and self.cache.cached(key) is None and not self._variant_budget():
+            # The extra keys are the client's to choose: past a few new variants a minute,
+            # a new one is answered with the plain tag (the same script for all practical
+            # purposes) instead of a fetch from Google and a compression each.
+            key = TagRequest(wanted.path, wanted.tag_id).key
         try:
-            served = await self.cache.get(wanted.key)
+            served = await self.cache.get(key)
         except TagUnavailable:
             return self._counted(
                 "unavailable",
@@ -93,6 +102,17 @@ class TagService:
             headers["Content-Encoding"] = encoding
         headers["Content-Type"] = JAVASCRIPT
         return self._counted(served.state, web.Response(body=data, headers=headers))
+
+    def _variant_budget(self) -> bool:
+        """True while fewer than ``NEW_VARIANTS_PER_MINUTE`` new variants were fetched in
+        the current minute (then one is spent)."""
+        minute = int(time.monotonic() // 60)
+        if minute != self._variant_minute:
+            self._variant_minute, self._variants_fetched = minute, 0
+        if self._variants_fetched >= NEW_VARIANTS_PER_MINUTE:
+            return False
+        self._variants_fetched += 1
+        return True
 
     def _counted(self, outcome: str, response: web.Response) -> web.Response:
         self.metrics.tag_requests.labels(outcome).inc()

@@ -220,6 +220,17 @@ def test_bots_and_automation_are_flagged_with_a_generic_ua(ua: str) -> None:
     assert GENERALISER.generalise(ua) == GeneralisedAgent(GENERIC, "Other", "", "Other", True)
 
 
+def test_with_allow_headless_headless_chromium_is_chrome_and_other_bots_stay_bots() -> None:
+    allowing = UserAgentGeneraliser(allow_headless=True)
+    headless = allowing.generalise(BOTS["headless-chrome"])
+    chrome = GENERALISER.generalise(BOTS["headless-chrome"].replace("HeadlessChrome", "Chrome"))
+    assert headless == chrome
+    assert (headless.browser, headless.major, headless.is_bot) == ("Chrome", "122", False)
+    for name, ua in BOTS.items():
+        if name != "headless-chrome":
+            assert allowing.generalise(ua).is_bot, name
+
+
 @pytest.mark.parametrize("ua", [None, ""])
 def test_missing_ua_is_generic_and_not_a_bot(ua: str | None) -> None:
     assert GENERALISER.generalise(ua) == GeneralisedAgent(GENERIC, "Other", "", "Other", False)

@@ -10,7 +10,7 @@ import brotli
 import pytest
 from redis.asyncio import Redis
 
-from proxy.tag.cache import TagBody, TagCache, TagUnavailable
+from proxy.tag.cache import CACHE_PREFIX, INDEX_KEY, TagBody, TagCache, TagUnavailable
 from tests.redis_server import RedisServer
 
 TTL, MAX_STALE = 60.0, 600.0
@@ -197,3 +197,41 @@ async def test_an_unreachable_redis_leaves_memory_and_the_origin_serving(
         assert origin.calls == 1
     finally:
         await client.aclose()
+
+
+async def test_made_up_variants_never_hold_more_than_max_entries_copies(redis_url: str) -> None:
+    """Keys carry the client's ``l``/``cx``/``gtm``: 3x the cap of distinct variants leaves
+    at most the cap in memory and in Redis; the newest stay, an evicted one is fetched
+    again when asked for."""
+    clock = Clock()
+    origin = Origin(clock)
+    client = Redis.from_url(redis_url)
+    try:
+        cache = TagCache(origin.build, ttl=TTL, max_stale=MAX_STALE, redis=client, clock=clock,
+                         max_entries=8)
+        keys = [f"/gtag/js?id=G-TEST1234&gtm=v{n}" for n in range(24)]
+        for key in keys:
+            clock.now += 1
+            await cache.get(key)
+        assert len(cache) == 8
+        assert [k for k in keys if cache.cached(k)] == keys[-8:]
+        assert len(cache._checked) <= 8
+        stored = [k async for k in client.scan_iter(match=CACHE_PREFIX + "*")]
+        assert len(stored) == 8
+        assert await client.zcard(INDEX_KEY) == 8
+        calls = origin.calls
+        assert b"gtm=v0" in (await cache.get(keys[0])).body.identity
+        assert origin.calls == calls + 1
+        assert len(cache) == 8
+    finally:
+        await client.aclose()
+
+
+async def test_max_entries_holds_without_redis() -> None:
+    clock = Clock()
+    origin = Origin(clock)
+    cache = TagCache(origin.build, ttl=TTL, max_stale=MAX_STALE, clock=clock, max_entries=4)
+    for n in range(50):
+        await cache.get(f"k{n}")
+    assert len(cache) == 4
+    assert (await cache.get("k49")).state == "fresh" and origin.calls == 50

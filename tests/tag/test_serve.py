@@ -341,3 +341,16 @@ async def test_tag_serving_can_be_turned_off(
     proxy = await aiohttp_client(init_app(config, Metrics()))
     assert (await proxy.get(f"/gtag/js?id={GTAG_ID}")).status == 404
     assert origin.requests == []
+
+
+async def test_made_up_variants_cannot_make_the_proxy_fetch_again_and_again(
+    setup: Setup,
+) -> None:
+    # l/cx/gtm are the client's to choose: past a few new variants a minute, the plain tag
+    # answers instead of a fetch from Google and a compression for each.
+    for n in range(40):
+        resp = await setup.proxy.get(f"/gtag/js?id={GTAG_ID}&gtm=45je{n}")
+        assert resp.status == 200
+    fetched = [path for path, _ in setup.origin.requests]
+    assert len(fetched) <= 11
+    assert f"/gtag/js?id={GTAG_ID}" in fetched
