@@ -19,8 +19,9 @@ $(VENV)/.test-deps: $(BIN)/analytics-proxy
 run: $(BIN)/analytics-proxy
 	$(BIN)/analytics-proxy serve --config $(CONFIG)
 
-# The consent manager the tag's browser test drives (tests/test_tag_browser.py), as locked;
-# reinstalled only when the lock file is newer than what is installed.
+# The consent manager the browser tests drive (tests/tag/test_tag_browser.py,
+# tests/tag/test_tracker_browser.py) and terser, which builds /t.js, as locked; reinstalled only
+# when the lock file is newer than what is installed.
 tests/browser/node_modules: tests/browser/package-lock.json
 	npm ci --prefix tests/browser
 	touch $@
@@ -64,6 +65,11 @@ bench-tag: $(VENV)/.test-deps
 .PHONY: bench-limiter
 bench-limiter: $(VENV)/.test-deps
 	$(BIN)/python bench/limiter.py
+
+# After editing proxy/tag/t.js: the minified build the proxy serves (a test checks they agree).
+.PHONY: tracker
+tracker: tests/browser/node_modules
+	tests/browser/node_modules/.bin/terser proxy/tag/t.js -c -m --comments '/^!/' -o proxy/tag/t.min.js
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -19,13 +19,13 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from proxy.audit import MemoryAuditTrail
-from proxy.client import parse_address
 from proxy.config import from_mapping
-from proxy.metrics import Metrics
+from proxy.ingest.client import parse_address
+from proxy.observe.audit import MemoryAuditTrail
+from proxy.observe.metrics import Metrics
 from proxy.pipeline import IncomingRequest, Pipeline
-from proxy.pseudonym import Pseudonymizer
-from proxy.state import MemoryState
+from proxy.state.pseudonym import Pseudonymizer
+from proxy.state.salts import MemoryState
 
 ROOT = Path(__file__).resolve().parent.parent
 HIT = json.loads((ROOT / "tests/fixtures/ga4-hits.jsonl").read_text().splitlines()[1])

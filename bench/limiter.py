@@ -11,7 +11,7 @@ INFO calls left out); Redis is a private redis-server (or ``--redis-url``). Usag
     python bench/limiter.py [--networks 100000] [--rate 2500] [--window 20s] \
         [--duration 80] [--idle 20] [--only memory|redis] [--module PATH]
 
-``--module`` loads another ``ratelimit.py`` (e.g. ``git show HEAD~1:proxy/ratelimit.py``) to
+``--module`` loads another ``ratelimit.py`` (e.g. ``git show HEAD~1:proxy/state/ratelimit.py``) to
 measure it the same way.
 """
 
@@ -49,9 +49,9 @@ def rss_mib() -> float:
 
 def load_module(path: str | None) -> ModuleType:
     if path is None:
-        import proxy.ratelimit
+        import proxy.state.ratelimit
 
-        return proxy.ratelimit
+        return proxy.state.ratelimit
     spec = importlib.util.spec_from_file_location("ratelimit_under_test", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -22,10 +22,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from proxy.config import Location  # noqa: E402
-from proxy.geo import GeoDatabase  # noqa: E402
-from proxy.geo_index import Representatives, load_or_build  # noqa: E402
-from proxy.mesh import MemoryCellCounter  # noqa: E402
-from proxy.sanitize.location import compile_location  # noqa: E402
+from proxy.location.geo import GeoDatabase  # noqa: E402
+from proxy.location.geo_index import Representatives, load_or_build  # noqa: E402
+from proxy.location.mesh import MemoryCellCounter  # noqa: E402
+from proxy.location.modes import compile_location  # noqa: E402
 
 NETWORKS, PER_NETWORK = 5_000, 10
 

@@ -18,14 +18,15 @@ import time
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
-from proxy.client import parse_address
 from proxy.config import from_mapping
+from proxy.ingest.client import parse_address
 from proxy.pipeline import IncomingRequest, Pipeline
-from proxy.pseudonym import Pseudonymizer
-from proxy.state import MemoryState
+from proxy.state.pseudonym import Pseudonymizer
+from proxy.state.salts import MemoryState
 
 ROOT = Path(__file__).resolve().parent.parent
-HITS = [json.loads(line) for line in (ROOT / "tests/fixtures/ga4-hits.jsonl").read_text().splitlines()]
+HITS = [json.loads(line)
+        for line in (ROOT / "tests/fixtures/ga4-hits.jsonl").read_text().splitlines()]
 UA = ("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) "
       "Chrome/125.0.6422.142 Safari/537.36")
 

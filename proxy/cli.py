@@ -19,11 +19,12 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from proxy import __version__, logs
+from proxy import __version__
 from proxy.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load
+from proxy.observe import logs
 
 if TYPE_CHECKING:
-    from proxy.explain import BeaconInput
+    from proxy.observe.explain import BeaconInput
 
 CONFIG_ENV = "ANALYTICS_PROXY_CONFIG"
 SYSTEM_CONFIG_PATH = Path("/etc/analytics-proxy/proxy.yaml")
@@ -52,10 +53,12 @@ def config_path(given: str | None, env: Mapping[str, str] | None = None) -> Path
 
 
 def _load_config(path: Path) -> Config:
+    from proxy.mp.credentials import load_credentials
     from proxy.pipeline import check_compiles
 
     config = load(path)
     check_compiles(config)
+    load_credentials(os.environ, config.measurement_ids)  # a half-set pair stops start-up
     return config
 
 
@@ -64,7 +67,7 @@ def _serve(args: argparse.Namespace) -> int:
     config = _load_config(path)
     logs.setup(config.log.level)
     if args.workers > 1:
-        from proxy.workers import supervise
+        from proxy.server.workers import supervise
 
         # The workers read the file this process found, whatever their environment says.
         return supervise(args.workers, functools.partial(_run_worker, str(path)))
@@ -82,20 +85,20 @@ def _run_worker(config_file: str, index: int) -> None:
 def _run_one(config: Config, *, reuse_port: bool, serve_admin: bool) -> None:
     import uvloop
 
-    from proxy import server
+    from proxy.server import serve
 
     async def main() -> None:
         # Start-up objects (compiled policy, UA rules, ...) live for the whole run: keep the
         # cyclic collector from rescanning them on every collection under load.
         gc.collect()
         gc.freeze()
-        await server.run(config, reuse_port=reuse_port, serve_admin=serve_admin)
+        await serve.run(config, reuse_port=reuse_port, serve_admin=serve_admin)
 
     uvloop.run(main())
 
 
 def _explain(args: argparse.Namespace) -> int:
-    from proxy.explain import BeaconInput, Explainer, har_beacons, load_jsonl
+    from proxy.observe.explain import BeaconInput, Explainer, har_beacons, load_jsonl
 
     config = _load_config(config_path(args.config))
     explainer = Explainer(config)
@@ -165,7 +168,7 @@ def _visited_from(beacons: Iterable[BeaconInput], args: argparse.Namespace
 
 
 def _report(args: argparse.Namespace) -> int:
-    from proxy.report import build_report, render
+    from proxy.observe.report import build_report, render
 
     config = _load_config(config_path(args.config))
     observed = None
@@ -179,7 +182,7 @@ async def _observed_visitors(url: str) -> int | None:
     """The shared daily count the replicas keep in Redis (None when unreachable or empty)."""
     from redis.asyncio import Redis
 
-    from proxy.visitors import DailyVisitors
+    from proxy.state.visitors import DailyVisitors
 
     client = Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
     try:
@@ -190,6 +193,23 @@ async def _observed_visitors(url: str) -> int | None:
     finally:
         await client.aclose()
     return found[0] if found else None
+
+
+def _snippet(args: argparse.Namespace) -> int:
+    from proxy.observe.metrics import Metrics
+    from proxy.tag.tracker import Tracker
+
+    config = _load_config(config_path(args.config))
+    if not config.tag.tracker:
+        raise SystemExit("analytics-proxy: tag.tracker is false: /t.js is not served")
+    public_url = config.tag.public_url or f"http://127.0.0.1:{config.listen.port}"
+    tracker = Tracker(config, Metrics())
+    for tag_id in config.measurement_ids:
+        print(f'<script async src="{tracker.url(public_url, tag_id)}"></script>')
+        print("<script>window.dataLayer = window.dataLayer || []; "
+              "function gtag(){dataLayer.push(arguments);} "
+              f"gtag('js', new Date()); gtag('config', '{tag_id}');</script>")
+    return 0
 
 
 def _positive(text: str) -> int:
@@ -203,7 +223,7 @@ def _positive(text: str) -> int:
 
 
 def _audit_tail(args: argparse.Namespace) -> int:
-    from proxy.audit import tail
+    from proxy.observe.audit import tail
 
     config = _load_config(config_path(args.config))
     if args.limit < 1:
@@ -244,6 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="daily volume to state pseudonym collisions at "
                         "(default: an illustrative volume, said so)")
     report.set_defaults(func=_report)
+    snippet = sub.add_parser("snippet", help="the tags that load /t.js, versioned, per id")
+    snippet.add_argument("--config", help=CONFIG_HELP)
+    snippet.set_defaults(func=_snippet)
     audit = sub.add_parser("audit", help="the privacy audit trail")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
     tail = audit_sub.add_parser(

@@ -18,10 +18,12 @@ import phonenumbers
 import yaml
 
 from proxy.consent.registry import SourceOptions, default_sources
-from proxy.regions import expand_regions
+from proxy.location.regions import expand_regions
 
 DEFAULT_CONFIG_PATH = Path("config/proxy.yaml")
 EU_ENDPOINT = "https://region1.google-analytics.com/g/collect"
+MP_ENDPOINT = "https://region1.google-analytics.com/mp/collect"  # Measurement Protocol, EU
+MP_MAX_BODY = 130_000  # GA's limit for one Measurement Protocol post, in bytes
 DRY_RUN = "stdout"
 
 # Secrets and deployment values that may come from the environment instead of the file.
@@ -31,6 +33,7 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "ANALYTICS_PROXY_UPSTREAM_URL": ("upstream", "url"),
     "ANALYTICS_PROXY_GEO_DATABASE": ("geo", "database"),
     "ANALYTICS_PROXY_TAG_PUBLIC_URL": ("tag", "public_url"),
+    "ANALYTICS_PROXY_MP_UPSTREAM_URL": ("measurement_protocol", "upstream_url"),
 }
 TAG_ORIGIN = "https://www.googletagmanager.com"
 # Read timeouts of the listening ports (seconds): a browser sends a beacon's headers and body
@@ -73,7 +76,7 @@ class Admin(_Strict, frozen=True):
 
 class Upstream(_Strict, frozen=True):
     url: str = EU_ENDPOINT  # "stdout": dry run, one JSON line per forwarded request
-    # lean: the proxy's own HTTP/1.1 keep-alive sender (proxy/transport.py), several times
+    # lean: the proxy's own HTTP/1.1 keep-alive sender (proxy/delivery/transport.py), several times
     # cheaper per request; aiohttp: aiohttp's ClientSession, the conservative choice.
     client: Literal["lean", "aiohttp"] = "lean"
     timeout: float = 5.0  # seconds for one request to Google, connect included
@@ -222,6 +225,8 @@ class Tag(_Strict, frozen=True):
     public_url: str | None = None
     ttl: str = "15m"  # served as fresh for this long after a fetch (and Cache-Control max-age)
     max_stale: str = "7d"  # then served while refreshed, or while Google is unreachable
+    # GET /t.js?id=<measurement id>: the proxy's own few-KB tracker (no Google code at all).
+    tracker: bool = True
 
     @property
     def ttl_seconds(self) -> int:
@@ -230,6 +235,15 @@ class Tag(_Strict, frozen=True):
     @property
     def max_stale_seconds(self) -> int:
         return parse_duration(self.max_stale)
+
+
+class MeasurementProtocol(_Strict, frozen=True):
+    # POST /mp/collect from a site's back end (proxy/mp/). Inert until a measurement id has
+    # its proxy token and Google's api_secret in the environment (never in this file):
+    # ANALYTICS_PROXY_MP_TOKEN_<ID> and ANALYTICS_PROXY_MP_API_SECRET_<ID>, "-" as "_".
+    enabled: bool = True
+    upstream_url: str = MP_ENDPOINT  # with upstream.url "stdout", a dry run as well
+    max_body: int = MP_MAX_BODY
 
 
 class Bots(_Strict, frozen=True):
@@ -259,6 +273,7 @@ class Config(_Strict, frozen=True):
     rate_limit: RateLimit = RateLimit()
     audit: Audit = Audit()
     tag: Tag = Tag()
+    measurement_protocol: MeasurementProtocol = MeasurementProtocol()
     bots: Bots = Bots()
     log: Log = Log()
 
@@ -462,6 +477,11 @@ def validate(config: Config) -> None:
         raise ConfigError(f"tag.public_url: {tag.public_url!r} must be scheme://host[:port]")
     _check_duration("tag.ttl", tag.ttl, 60, 86400, "1m and 1d")
     _check_duration("tag.max_stale", tag.max_stale, 0, 30 * 86400, "0s and 30d")
+    mp = config.measurement_protocol
+    if not re.match(r"^https?://[^/\s?#@]+/\S*$", mp.upstream_url):
+        raise ConfigError("measurement_protocol.upstream_url: must be an http(s) URL")
+    if not 1 <= mp.max_body <= MP_MAX_BODY:
+        raise ConfigError(f"measurement_protocol.max_body: between 1 and {MP_MAX_BODY} bytes")
     if config.admin.token is not None and not config.admin.token.strip():
         # An empty token would leave the admin port open wherever it listens.
         raise ConfigError("admin.token: must not be empty (unset it on a loopback address)")

@@ -14,22 +14,23 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from proxy.beacon import MalformedBeacon, encode_sanitised, parse
-from proxy.client import IPAddress, truncate
 from proxy.config import Config, ConfigError
 from proxy.consent.gate import ConsentGate, ConsentVerdict, unreadable
 from proxy.consent.verdict import ConsentInput
-from proxy.cookies import UnreadableCookie, parse_cookie_header
-from proxy.geo import GeoDatabase, Place
-from proxy.geo_index import Representatives
-from proxy.mesh import CellCounter, MemoryCellCounter
-from proxy.policy import compile_policy
-from proxy.pseudonym import Pseudonymizer
-from proxy.ratelimit import RateLimiter
-from proxy.regions import Regime, RegimeMap
-from proxy.sanitize.location import compile_location
+from proxy.delivery.outbound import OutboundRequest
+from proxy.ingest.beacon import MalformedBeacon, encode_sanitised, parse
+from proxy.ingest.client import IPAddress, truncate
+from proxy.ingest.cookies import UnreadableCookie, parse_cookie_header
+from proxy.location.geo import GeoDatabase, Place
+from proxy.location.geo_index import Representatives
+from proxy.location.mesh import CellCounter, MemoryCellCounter
+from proxy.location.modes import compile_location
+from proxy.location.regions import Regime, RegimeMap
+from proxy.sanitize.policy import compile_policy
 from proxy.sanitize.sanitizer import Change, Sanitizer
 from proxy.sanitize.useragent import UserAgentGeneraliser
+from proxy.state.pseudonym import Pseudonymizer
+from proxy.state.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -72,19 +73,6 @@ class IncomingRequest:
     country: str | None = None  # from geo, or given to explain
     region: str | None = None
     origin: str | None = None  # the Origin header, checked against allowed_origins
-
-
-@dataclass(frozen=True, slots=True)
-class OutboundRequest:
-    """Exactly what goes to Google: sanitised query and body, rebuilt User-Agent."""
-
-    query: str
-    body: str
-    user_agent: str
-
-    def headers(self) -> dict[str, str]:
-        # Nothing else, ever: no cookie, no X-Forwarded-*, no Referer/Origin, no client hints.
-        return {"User-Agent": self.user_agent, "Content-Type": "text/plain;charset=UTF-8"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +156,16 @@ class Pipeline:
     def sanitizer(self) -> Sanitizer:
         return self._sanitizer
 
+    @property
+    def pseudonymizer(self) -> Pseudonymizer:
+        return self._pseudonymizer
+
+    def locate(self, address: IPAddress | None, member: str) -> tuple[str | None, str]:
+        """What ``privacy.location.mode`` sends for ``address`` (a Measurement Protocol
+        ``ip_override``), as for a beacon from it: the value and its level."""
+        place = self._geo.lookup(address) if self._geo is not None else Place()
+        return self._location(address, place, member)
+
     async def process(self, request: IncomingRequest, *, trace: bool = False) -> Outcome:
         try:
             return await self._process(request, trace)
@@ -178,7 +176,7 @@ class Pipeline:
 
     async def _process(self, request: IncomingRequest, trace: bool) -> Outcome:
         try:
-            beacon = parse(request.query, request.body)
+            beacon = parse(request.query, request.body, decoded=self._sanitizer.decoded)
         except MalformedBeacon as exc:
             code = str(exc)
             too_large = code in ("too_large", "query_too_long")
@@ -255,18 +253,23 @@ class Pipeline:
         location, level = self._location(request.client_ip, place, member)
         extra = {"_uip": location} if location else {}
         address = request.client_ip
-        if address is not None and any(address in net for net in self._internal):
+        if self._internal and address is not None and any(
+            address in net for net in self._internal
+        ):
             extra["tt"] = self._traffic_type
         try:
             clean = self._sanitizer.sanitize(beacon, pseudonymize, extra, trace=trace)
         except Exception:
             log.error("sanitiser error", extra={"reason": "sanitize_error"})
             return _drop("sanitize_error", regime=regime, consent=consent, tid=beacon.tid)
-        outbound = OutboundRequest(
-            encode_sanitised(clean.shared),
-            "\n".join(encode_sanitised(line) for line in clean.lines),
-            agent.user_agent,
-        )
+        if clean.query is not None and clean.body is not None:
+            outbound = OutboundRequest(clean.query, clean.body, agent.user_agent)
+        else:
+            outbound = OutboundRequest(
+                encode_sanitised(clean.shared),
+                "\n".join(encode_sanitised(line) for line in clean.lines),
+                agent.user_agent,
+            )
         return Outcome(
             True,
             consent.reason,

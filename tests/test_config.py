@@ -38,6 +38,12 @@ def test_read_timeouts_default_to_ten_seconds_and_headless_browsers_are_bots() -
 
 def test_built_in_upstream_is_googles_eu_endpoint() -> None:
     assert from_mapping(BASE).upstream.url == EU_ENDPOINT
+    mp = from_mapping(BASE).measurement_protocol
+    assert mp.upstream_url == "https://region1.google-analytics.com/mp/collect"
+    assert mp.max_body == 130_000  # GA's own limit for one post
+    env = {"ANALYTICS_PROXY_MP_UPSTREAM_URL": "http://127.0.0.1:1/mp/collect"}
+    assert from_mapping(BASE, env).measurement_protocol.upstream_url == env[
+        "ANALYTICS_PROXY_MP_UPSTREAM_URL"]
 
 
 def test_environment_overrides_secrets_and_deployment_values() -> None:
@@ -92,6 +98,9 @@ def test_source_options_override_defaults() -> None:
         ({"consent": {"sources": [{"type": "osano"}]}}, "consent.sources[0].type"),
         ({"consent": {"sources": [{"type": "bridge", "cokie": "x"}]}}, "consent.sources[0]"),
         ({"admin": {"host": "0.0.0.0"}}, "admin.host"),
+        ({"measurement_protocol": {"upstream_url": "stdout"}}, "measurement_protocol.upstream_url"),
+        ({"measurement_protocol": {"max_body": 200_000}}, "measurement_protocol.max_body"),
+        ({"measurement_protocol": {"api_secret": "x"}}, "api_secret"),  # environment only
     ],
 )
 def test_bad_configuration_names_the_key(patch: dict[str, Any], key: str) -> None:

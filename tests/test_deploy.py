@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from proxy.config import ENV_OVERRIDES, from_mapping
-from proxy.server import init_app
+from proxy.server.public import init_app
 from tests.deploy_files import (
     COMPOSE,
     DEPLOY,
@@ -136,7 +136,7 @@ def test_proxy_pods_run_unprivileged_on_a_read_only_root() -> None:
 def test_the_only_writable_place_is_an_empty_dir_at_tmp() -> None:
     """The proxy writes only temporary files (tempfile's directory: /tmp in the image, as
     the Dockerfile sets no TMPDIR); everything else is mounted read-only."""
-    from proxy import geo_index
+    from proxy.location import geo_index
 
     spec = pod_spec("Deployment")
     volumes = {v["name"]: v for v in spec["volumes"]}
@@ -314,7 +314,7 @@ def exposed_metrics() -> set[str]:
     """Every series name the proxy can expose, from its own exposition."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    from proxy.metrics import Metrics
+    from proxy.observe.metrics import Metrics
 
     text = Metrics().exposition().decode()
     return {family.name + suffix for family in text_string_to_metric_families(text)

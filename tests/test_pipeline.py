@@ -9,13 +9,13 @@ from urllib.parse import parse_qsl, urlsplit
 import msgspec
 import pytest
 
-from proxy.beacon import MAX_QUERY
 from proxy.config import Config, from_mapping
 from proxy.consent.registry import source_type
-from proxy.cookies import MAX_COOKIE_HEADER
+from proxy.ingest.beacon import MAX_QUERY
+from proxy.ingest.cookies import MAX_COOKIE_HEADER
 from proxy.pipeline import IncomingRequest, Pipeline
-from proxy.pseudonym import Pseudonymizer
-from proxy.state import MemoryState
+from proxy.state.pseudonym import Pseudonymizer
+from proxy.state.salts import MemoryState
 from tests.conftest import CONSENT_CASES, GA4_HITS
 
 CHROME = (
@@ -223,7 +223,7 @@ async def test_no_pseudonym_at_all_drops(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 async def test_rate_limited_network_is_dropped_before_consent() -> None:
-    from proxy.ratelimit import MemoryCounters, RateLimiter
+    from proxy.state.ratelimit import MemoryCounters, RateLimiter
 
     cfg = config()
     limiter = RateLimiter(limit=2, window=60, store=MemoryCounters())
@@ -239,7 +239,7 @@ async def test_rate_limited_network_is_dropped_before_consent() -> None:
 
 async def test_beacons_whose_address_is_unknown_share_one_rate_limit() -> None:
     """No address (a trusted proxy wrote "unknown") is never a way around the limit."""
-    from proxy.ratelimit import RateLimiter
+    from proxy.state.ratelimit import RateLimiter
 
     limiter = RateLimiter(limit=2, window=60)
     p = Pipeline(config(), Pseudonymizer(MemoryState(), bits=32, rotation=86400), limiter=limiter)

@@ -37,10 +37,10 @@ import yaml
 from aiohttp.test_utils import TestClient, TestServer
 
 from proxy.config import from_mapping
-from proxy.metrics import Metrics
-from proxy.policy import SHAPES
-from proxy.report import build_report
-from proxy.server import init_app
+from proxy.observe.metrics import Metrics
+from proxy.observe.report import build_report
+from proxy.sanitize.policy import SHAPES
+from proxy.server.public import init_app
 from tests.capture import Capture
 from tests.conftest import load_jsonl
 from tests.oracle import finds, found_needles, normalise
@@ -434,7 +434,7 @@ def test_planted_value_never_reaches_google(outcome: Outcome, run: str, entry: P
     forwarded = outcome.planted[run][entry.id]
     found = leaks(entry, forwarded)
     if found and admitted_by_report(run, entry):
-        return  # named by the report (proxy/report.py, "Never forwarded"): see its note
+        return  # named by the report (observe/report/forwarded.py, "Never forwarded"): see its note
     if found:
         assert forwarded is not None
         places = sorted({p for n in found for p in where(forwarded, n)})

@@ -12,10 +12,10 @@ from hypothesis import strategies as st
 
 from proxy.config import from_mapping
 from proxy.pipeline import IncomingRequest, Pipeline
-from proxy.policy import compile_policy
-from proxy.pseudonym import Pseudonymizer
 from proxy.sanitize.pii import PiiScrubber
-from proxy.state import MemoryState
+from proxy.sanitize.policy import compile_policy
+from proxy.state.pseudonym import Pseudonymizer
+from proxy.state.salts import MemoryState
 
 TID = "G-TEST1234"
 CLIENT_IP = "198.51.100.77"

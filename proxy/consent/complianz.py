@@ -10,7 +10,7 @@ import msgspec
 
 from proxy.consent.reading import Name, Names, combine, require
 from proxy.consent.verdict import ConsentInput, ConsentSource, Verdict
-from proxy.cookies import unquote_twice
+from proxy.ingest.cookies import unquote_twice
 
 _VERDICTS = {"allow": Verdict.GRANT, "deny": Verdict.DENY}
 

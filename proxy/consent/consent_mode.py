@@ -69,6 +69,9 @@ def event_verdict(params: Mapping[str, str]) -> Verdict:
 
 def compile_source(options: ConsentModeOptions) -> ConsentSource:
     def consent_mode(inp: ConsentInput) -> Verdict:
-        return combine(event_verdict(params) for params in inp.events)
+        events = inp.events
+        if len(events) == 1:  # combine() of one verdict is that verdict
+            return event_verdict(events[0])
+        return combine(event_verdict(params) for params in events)
 
     return consent_mode

@@ -12,7 +12,7 @@ import msgspec
 
 from proxy.consent.reading import Name, combine, require
 from proxy.consent.verdict import ConsentInput, ConsentSource, Verdict
-from proxy.cookies import unquote_twice
+from proxy.ingest.cookies import unquote_twice
 
 # Keys are bare identifiers (quoted ones are tolerated); values are quoted strings or bare
 # tokens (true, 1, 1615214322795).

@@ -15,7 +15,7 @@ import msgspec
 
 from proxy.consent.reading import Name, Names, all_of, combine, decode_json_object, require
 from proxy.consent.verdict import ConsentInput, ConsentSource, Verdict
-from proxy.cookies import unquote_twice
+from proxy.ingest.cookies import unquote_twice
 
 _BASE64 = re.compile(r"[A-Za-z0-9+/_-]*=*")
 _TO_STANDARD = str.maketrans("-_", "+/")

@@ -13,7 +13,7 @@ import msgspec
 
 from proxy.consent.reading import Name, Names, all_of, combine, require
 from proxy.consent.verdict import ConsentInput, ConsentSource, Verdict
-from proxy.cookies import unquote_twice
+from proxy.ingest.cookies import unquote_twice
 
 _STATES = {"1": True, "0": False}
 

@@ -12,7 +12,7 @@ from typing import Annotated, Any, TypeGuard
 import msgspec
 
 from proxy.consent.verdict import Verdict
-from proxy.cookies import unquote_twice
+from proxy.ingest.cookies import unquote_twice
 
 # Option types: an empty name or an empty list would make an all-of rule vacuously true.
 Name = Annotated[str, msgspec.Meta(min_length=1)]

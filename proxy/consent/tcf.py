@@ -17,7 +17,7 @@ import msgspec
 
 from proxy.consent.reading import Names, combine, require
 from proxy.consent.verdict import ConsentInput, ConsentSource, Verdict
-from proxy.cookies import unquote_twice
+from proxy.ingest.cookies import unquote_twice
 
 TCF_VERSION = 2
 MIN_POLICY_VERSION = 4  # TCF v2.2; earlier policies let legitimate interest stand in

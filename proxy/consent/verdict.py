@@ -6,7 +6,7 @@ import enum
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from proxy.cookies import CookieJar
+from proxy.ingest.cookies import CookieJar
 
 
 class Verdict(enum.Enum):

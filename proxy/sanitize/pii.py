@@ -26,7 +26,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
 
-from proxy.regions import expand_regions
+from proxy.location.regions import expand_regions
 from proxy.sanitize.detector import (
     HAS_4_DIGITS,
     HAS_AT,

@@ -3,11 +3,11 @@ counts what each rule did (``ParameterCounts``) for the metrics."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from proxy.beacon import Beacon, Params
-from proxy.policy import (
+from proxy.ingest.beacon import Beacon, Params, encode_value
+from proxy.sanitize.policy import (
     DROP_IDENTIFIER,
     DROP_NOT_ALLOW_LISTED,
     DROP_UNKNOWN,
@@ -27,6 +27,15 @@ FALLBACK_RULES = (DROP_UNKNOWN, DROP_IDENTIFIER, DROP_NOT_ALLOW_LISTED)
 # remembered: a few per site in practice; bounded, since the names come from requests.
 UNLISTED_CACHE = 1024
 UNLISTED_NAME_MAX = 64
+# Values a pure rule left unchanged, remembered per rule with their encoding (a site's page
+# URLs, titles and referrers recur on most beacons): each memory holds at most MEMO_SIZE
+# values of at most MEMO_VALUE_MAX characters, and starts afresh when full. Only values that
+# were forwarded as they are: nothing is held that Google does not receive.
+MEMO_SIZE = 4096
+MEMO_VALUE_MAX = 512
+# The serving path's flat table: name -> (kind, function, drop slot, change slot, memory).
+_KEEP_RAW, _DROP_ALL, _SHAPE, _CALL, _MEMO, _MEMO_HOST = range(6)
+Entry = tuple[int, Callable[..., object] | None, int, int, dict[object, str] | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +94,11 @@ class Sanitized:
     shared: Params
     lines: list[Params]
     changes: tuple[Change, ...]
+    # The serving path's encoding of shared and lines, made as the values were judged:
+    # exactly ``encode_sanitised(shared)`` and the lines' joined by "\n". None: not made
+    # (tracing), encode the dicts.
+    query: str | None = None
+    body: str | None = None
 
 
 class Sanitizer:
@@ -115,10 +129,35 @@ class Sanitizer:
         }
         self._fallback = {r.name: counts.slot(r.name, Action.DROPPED) for r in FALLBACK_RULES}
         self._room = UNLISTED_CACHE  # names outside the table that may still be remembered
+        # Clean values' encoded forms -> the values (what parse would decode them to).
+        self._decoded: dict[str, str] = {}
+        # The serving path's table: one lookup per parameter gives everything it needs.
+        memos: dict[int, dict[object, str]] = {}
+        self._entries: dict[str, Entry] = {}
+        for name, rule in policy.table.items():
+            drop, change = self._dropped.get(name, 0), self._changed.get(name, 0)
+            if rule.fn is None:
+                kind = _KEEP_RAW if rule.action is Action.KEPT else _DROP_ALL
+                self._entries[name] = (kind, None, drop, change, None)
+            elif rule.plain is not None:
+                # Its memory: raw values in shape, each with its "name=value" part.
+                self._entries[name] = (_SHAPE, rule.plain, drop, change, {})
+            elif rule.memo:
+                memo = memos.setdefault(id(rule.fn), {})
+                kind = _MEMO if rule.memo == 1 else _MEMO_HOST
+                self._entries[name] = (kind, rule.fn, drop, change, memo)
+            else:
+                self._entries[name] = (_CALL, rule.fn, drop, change, None)
 
     @property
     def policy(self) -> Policy:
         return self._policy
+
+    @property
+    def decoded(self) -> Mapping[str, str]:
+        """Encoded forms of values this sanitiser forwarded unchanged, each to its value:
+        what ``parse`` would decode them to (``parse(..., decoded=...)``)."""
+        return self._decoded
 
     @property
     def counts(self) -> ParameterCounts:
@@ -134,7 +173,9 @@ class Sanitizer:
         trace: bool = False,
     ) -> Sanitized:
         """``extra``: request-level values the proxy itself sets (location, traffic type)."""
-        changes: list[Change] | None = [] if trace else None
+        if not trace:
+            return self._sanitize_fast(beacon, pseudonymize, extra)
+        changes: list[Change] | None = []
         page_host = UrlScrubber.host(beacon.shared.get("dl", ""))
         ctx = EventContext(page_host, pseudonymize)
         shared = self._params(beacon.shared, ctx, "query", changes)
@@ -208,6 +249,104 @@ class Sanitizer:
                     )
                 )
         return out
+
+    def _sanitize_fast(
+        self, beacon: Beacon, pseudonymize: Callable[[str], str], extra: Params | None
+    ) -> Sanitized:
+        """``sanitize`` untraced: the same table, read through the flat one, encoding each
+        value as it is judged."""
+        page_host = UrlScrubber.host(beacon.shared.get("dl", ""))
+        ctx = EventContext(page_host, pseudonymize)
+        shared, parts = self._params_encoded(beacon.shared, ctx)
+        plain = True
+        for name, value in (*self._forced, *(extra or {}).items()):
+            if name in shared:
+                plain = False  # set over a kept value: its place in the dict is the first
+            shared[name] = value
+            parts.append(f"{name}={encode_value(value)}")
+        lines = []
+        encoded = []
+        for line in beacon.lines:
+            line_host = UrlScrubber.host(line["dl"]) if "dl" in line else page_host
+            ctx = EventContext(line_host, pseudonymize)
+            out, line_parts = self._params_encoded(line, ctx)
+            lines.append(out)
+            encoded.append("&".join(line_parts))
+        if not plain:
+            return Sanitized(shared, lines, ())
+        return Sanitized(shared, lines, (), "&".join(parts), "\n".join(encoded))
+
+    def _params_encoded(self, params: Params, ctx: EventContext) -> tuple[Params, list[str]]:
+        # The serving path: what _params does, through the flat table, and each kept value's
+        # "name=encoded" part. Only what changes is counted, by an integer add to a
+        # precompiled slot.
+        entries, counts = self._entries, self._counts.counts
+        out: Params = {}
+        parts: list[str] = []
+        for name, value in params.items():
+            entry = entries.get(name)
+            if entry is None:
+                counts[self._dropped.get(name) or self._unlisted(name)] += 1
+                continue
+            kind, fn, drop, change, memo = entry
+            if kind is _SHAPE:
+                known = memo.get(value)  # type: ignore[union-attr]
+                if known is not None:
+                    out[name] = value
+                    parts.append(known)
+                    continue
+                if fn(value):  # type: ignore[misc]
+                    out[name] = value  # raw: the shape passes no character to encode
+                    known = f"{name}={value}"
+                    parts.append(known)
+                    if len(memo) >= MEMO_SIZE:  # type: ignore[arg-type]
+                        memo.clear()  # type: ignore[union-attr]
+                    memo[value] = known  # type: ignore[index]
+                    continue
+                # Out of shape (dropped), or in shape with characters to encode.
+                fn = self._policy.table[name].fn
+            elif kind is _KEEP_RAW:
+                out[name] = value
+                parts.append(f"{name}={encode_value(value)}")
+                continue
+            elif kind is _DROP_ALL:
+                counts[drop] += 1
+                continue
+            elif memo is not None:
+                key: object = value if kind is _MEMO else (ctx.page_host, value)
+                known = memo.get(key)
+                if known is not None:
+                    out[name] = value
+                    parts.append(f"{name}={known}")
+                    continue
+                new = fn(value, ctx)  # type: ignore[misc]
+                if new is None:
+                    counts[drop] += 1
+                    continue
+                encoded = encode_value(new)  # type: ignore[arg-type]
+                out[name] = new  # type: ignore[assignment]
+                parts.append(f"{name}={encoded}")
+                if new != value:
+                    counts[change] += 1
+                elif len(value) <= MEMO_VALUE_MAX:
+                    if len(memo) >= MEMO_SIZE:
+                        memo.clear()
+                    memo[key] = encoded
+                    if encoded != value:
+                        # Its encoded form decodes to it: parse need not decode it again.
+                        if len(self._decoded) >= MEMO_SIZE:
+                            self._decoded.clear()
+                        self._decoded[encoded] = value
+                continue
+            new = fn(value, ctx)  # type: ignore[misc]
+            if new is None:
+                counts[drop] += 1
+            else:
+                out[name] = new  # type: ignore[assignment]
+                parts.append(f"{name}={encode_value(new)}")  # type: ignore[arg-type]
+                if new != value:
+                    counts[change] += 1
+        return out, parts
 
     def _params_fast(self, params: Params, ctx: EventContext) -> Params:
         # The serving path: the same table as _params, without the trace bookkeeping. Only

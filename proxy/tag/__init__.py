@@ -1,2 +1,1 @@
-"""The first-party tag: Google's gtag.js fetched, rewritten to the proxy's origin, cached and
-served by the proxy, and the Google endpoints the tag may call answered locally."""
+"""The first-party tag and tracker: gtag.js served rewritten, /t.js, ads endpoints answered."""

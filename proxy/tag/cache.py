@@ -32,7 +32,7 @@ import brotli
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from proxy.state import KEY_PREFIX
+from proxy.state.salts import KEY_PREFIX
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from proxy.config import Config
-from proxy.metrics import Metrics
+from proxy.observe.metrics import Metrics
 from proxy.tag.cache import TagBody, TagCache, TagUnavailable
 from proxy.tag.endpoints import GIF, wants_image
 from proxy.tag.origin import TagOrigin, TagRequest
@@ -94,7 +94,7 @@ class TagService:
             )
         body = served.body
         headers = {**self._headers, "ETag": body.etag}
-        if _matches(request.headers.get("If-None-Match"), body.etag):
+        if etag_matches(request.headers.get("If-None-Match"), body.etag):
             return self._counted("not_modified", web.Response(status=304, headers=headers))
         encoding = choose_encoding(request.headers.get("Accept-Encoding", ""))
         data = body.br if encoding == "br" else body.gzip if encoding == "gzip" else body.identity
@@ -139,7 +139,7 @@ def choose_encoding(accept_encoding: str) -> str:
     return ""
 
 
-def _matches(if_none_match: str | None, etag: str) -> bool:
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
     """Weak comparison (RFC 9110 13.1.2): ``W/"x"`` and ``"x"`` match each other."""
     if not if_none_match:
         return False

@@ -10,7 +10,7 @@ import pytest
 
 from proxy.consent.civic import CivicOptions, compile_source, is_expired
 from proxy.consent.verdict import ConsentInput, Verdict
-from proxy.cookies import parse_cookie_header
+from proxy.ingest.cookies import parse_cookie_header
 
 GRANT, DENY, IMPLIED, ABSTAIN = Verdict.GRANT, Verdict.DENY, Verdict.IMPLIED, Verdict.ABSTAIN
 

@@ -9,7 +9,7 @@ import pytest
 
 from proxy.consent.cookieyes import CookieYesOptions, compile_source
 from proxy.consent.verdict import ConsentInput, Verdict
-from proxy.cookies import parse_cookie_header
+from proxy.ingest.cookies import parse_cookie_header
 
 GRANT, DENY, IMPLIED, ABSTAIN = Verdict.GRANT, Verdict.DENY, Verdict.IMPLIED, Verdict.ABSTAIN
 

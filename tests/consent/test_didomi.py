@@ -11,7 +11,7 @@ import pytest
 
 from proxy.consent.didomi import DidomiOptions, compile_source, decode_token
 from proxy.consent.verdict import ConsentInput, Verdict
-from proxy.cookies import parse_cookie_header
+from proxy.ingest.cookies import parse_cookie_header
 
 GRANT, DENY, ABSTAIN = Verdict.GRANT, Verdict.DENY, Verdict.ABSTAIN
 

@@ -15,8 +15,8 @@ from proxy.consent.bridge import BridgeOptions
 from proxy.consent.gate import ConsentGate, ConsentVerdict
 from proxy.consent.registry import source_type
 from proxy.consent.verdict import ConsentInput
-from proxy.cookies import parse_cookie_header
-from proxy.regions import Regime, RegimeMap
+from proxy.ingest.cookies import parse_cookie_header
+from proxy.location.regions import Regime, RegimeMap
 from tests.conftest import CONSENT_CASES
 
 GRANTED = "analytics_consent=granted"

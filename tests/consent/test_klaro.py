@@ -10,7 +10,7 @@ import pytest
 
 from proxy.consent.klaro import KlaroOptions, compile_source
 from proxy.consent.verdict import ConsentInput, Verdict
-from proxy.cookies import parse_cookie_header
+from proxy.ingest.cookies import parse_cookie_header
 
 GRANT, DENY, ABSTAIN = Verdict.GRANT, Verdict.DENY, Verdict.ABSTAIN
 

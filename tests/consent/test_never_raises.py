@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from proxy.consent.registry import COMPILERS, default_sources
 from proxy.consent.verdict import ConsentInput, ConsentSource, Verdict
-from proxy.cookies import CookieJar, UnreadableCookie, parse_cookie_header
+from proxy.ingest.cookies import CookieJar, UnreadableCookie, parse_cookie_header
 
 SOURCES: list[ConsentSource] = [COMPILERS[type(options)](options) for options in default_sources()]
 

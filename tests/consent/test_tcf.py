@@ -14,7 +14,7 @@ import pytest
 
 from proxy.consent.tcf import TcfOptions, compile_source, decode_core
 from proxy.consent.verdict import ConsentInput, Verdict
-from proxy.cookies import parse_cookie_header
+from proxy.ingest.cookies import parse_cookie_header
 
 GRANT, DENY, ABSTAIN = Verdict.GRANT, Verdict.DENY, Verdict.ABSTAIN
 

@@ -15,8 +15,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from proxy.config import Config, from_mapping
-from proxy.metrics import Metrics
-from proxy.server import TAG, init_app
+from proxy.observe.metrics import Metrics
+from proxy.server.keys import TAG
+from proxy.server.public import init_app
 from proxy.tag.rewrite import google_hosts_in
 from tests.capture import Capture
 from tests.tag.gtag import GTAG_ID, gtag_js

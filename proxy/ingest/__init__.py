@@ -1,0 +1,1 @@
+"""Ingest: a request becomes a Beacon (parsing, cookies, the client's address)."""

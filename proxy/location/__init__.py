@@ -1,0 +1,1 @@
+"""Location: the visitor's place (geo lookup, consent regimes, mesh cells, location modes)."""

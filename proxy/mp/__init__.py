@@ -1,0 +1,1 @@
+"""Server-side events: Measurement Protocol requests from back ends, through the same gate."""

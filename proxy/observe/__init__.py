@@ -1,0 +1,1 @@
+"""Observe: metrics, logs, the audit trail, explain, the transfer report and the dashboard."""

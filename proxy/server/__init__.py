@@ -1,0 +1,1 @@
+"""The server: the public and admin aiohttp applications, the HTTP layer, workers."""

@@ -1,0 +1,1 @@
+"""State: salts, pseudonyms, rate limits and counts, in memory or in Redis."""
