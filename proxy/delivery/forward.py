@@ -145,6 +145,7 @@ class Outbox:
         self._queue: asyncio.Queue[Entry] = asyncio.Queue(config.queue_size)
         self._workers: list[asyncio.Task[None]] = []
         self._current: dict[asyncio.Task[None], Entry] = {}  # in flight, by worker
+        self._handoffs: set[asyncio.Future[bool]] = set()  # being spilled by a worker
         self._drainer: asyncio.Task[None] | None = None
         self._closing = False
 
@@ -212,27 +213,38 @@ class Outbox:
             entry = await self._queue.get()
             self._current[task] = entry
             try:
-                await self._deliver(*entry)
+                if not await self._deliver(*entry):
+                    del self._current[task]  # the spill holds it now, cancelled or not
+                    await self._hand_off(entry)
             except asyncio.CancelledError:
-                raise  # the request stays in _current: shutdown() spills it
+                raise  # a request still in _current is spilled by shutdown()
             except Exception:
                 log.exception("forwarder error")
                 self._metrics.lost("forward_error")
-            del self._current[task]
+            self._current.pop(task, None)
             self._queue.task_done()
             self._metrics.queue_depth.set(self._queue.qsize())
 
-    async def _deliver(self, request: OutboundRequest, accepted_at: float) -> None:
+    async def _deliver(self, request: OutboundRequest, accepted_at: float) -> bool:
+        """Send with retries; False when they are exhausted (the request is not settled)."""
         config = self._config
         for attempt in range(config.retries + 1):
             if attempt:
                 cap = min(config.backoff_max, config.backoff_initial * 2 ** (attempt - 1))
                 self._metrics.retries.inc()
                 await asyncio.sleep(self._jitter(cap))
-            settled = await self._attempt(request)
-            if settled is not None:
-                return
-        await self._spill_one(request, accepted_at, "retries_exhausted")
+            if await self._attempt(request) is not None:
+                return True
+        return False
+
+    async def _hand_off(self, entry: Entry) -> None:
+        """Spill a request whose retries are exhausted, to the end even if the worker is
+        cancelled: a put cut off after Redis applied it, and then spilled again by
+        ``shutdown()`` as in flight, would be delivered twice. ``shutdown()`` waits for it."""
+        handoff = asyncio.ensure_future(self._spill_one(*entry, "retries_exhausted"))
+        self._handoffs.add(handoff)
+        handoff.add_done_callback(self._handoffs.discard)
+        await asyncio.shield(handoff)
 
     async def _attempt(self, request: OutboundRequest) -> bool | None:
         """One send. True: delivered; False: final answer (counted); None: worth a retry.
@@ -290,6 +302,7 @@ class Outbox:
         for task in self._workers:
             task.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
+        await asyncio.gather(*self._handoffs, return_exceptions=True)
         self._workers = []
         leftovers = list(self._current.values())
         self._current.clear()

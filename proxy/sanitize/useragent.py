@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cache
 
 from ua_parser import BestAvailableResolver, Parser, load_lazy_builtins
 
@@ -147,8 +148,16 @@ class GeneralisedAgent:
 _EMPTY = GeneralisedAgent(GENERIC, _OTHER, "", _OTHER, False)
 
 
+@cache
+def _shared_parser() -> Parser:
+    """uap-core's matchers, built once per process: they take about 24 MiB, and the public
+    pipeline, Measurement Protocol ingest and ``explain`` each hold a generaliser."""
+    return Parser(BestAvailableResolver(load_lazy_builtins()))
+
+
 class UserAgentGeneraliser:
-    """Maps raw User-Agent strings to ``GeneralisedAgent``; one per process."""
+    """Maps raw User-Agent strings to ``GeneralisedAgent``; its matchers are shared by every
+    generaliser of the process, its cache is its own."""
 
     def __init__(self, cache_size: int = 4096, *, allow_headless: bool = False) -> None:
         """``cache_size``: how many distinct raw UAs to remember (0: no cache). Loads the
@@ -161,7 +170,7 @@ class UserAgentGeneraliser:
         self._cache: dict[str, GeneralisedAgent] = {}
         # No cache in the parser itself: ours holds the result, a second one would hold the
         # same rare strings twice.
-        self._parser = Parser(BestAvailableResolver(load_lazy_builtins()))
+        self._parser = _shared_parser()
 
     @property
     def cached(self) -> int:

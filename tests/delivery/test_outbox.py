@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from proxy.config import ConfigError, Upstream
 from proxy.delivery.forward import Outbox, Unconfirmed
 from proxy.delivery.outbound import OutboundRequest
-from proxy.delivery.outbox import MemorySpill, Spill
+from proxy.delivery.outbox import Entry, MemorySpill, Spill
 from proxy.delivery.redis_outbox import STREAM_KEY, RedisSpill
 from proxy.observe.metrics import Metrics
 from proxy.server.keys import OUTBOX, SPILL
@@ -193,6 +193,41 @@ async def test_shutdown_spills_queued_and_in_flight_requests_to_redis(client: Re
     assert sorted(int(f[b"q"].decode().rpartition("_p=")[2]) for _, f in entries) == list(range(6))
     assert sample(metrics, "beacons_spilled_total", reason="shutdown") == 6
     assert sample(metrics, "beacons_lost_total", reason="shutdown") == 0
+
+
+class LateAnswer(MemorySpill):
+    """Holds each entry at once and answers when ``gate`` opens, like a Redis command that
+    was applied and whose reply is slow to come back."""
+
+    def __init__(self) -> None:
+        super().__init__(100)
+        self.gate = asyncio.Event()
+        self.held: list[int] = []
+
+    async def put(self, request: OutboundRequest, accepted_at: float) -> bool:
+        return await self.put_many([(request, accepted_at)]) == 1
+
+    async def put_many(self, entries: Sequence[Entry]) -> int:
+        count = await super().put_many(entries)
+        self.held.extend(marker(req) for req, _ in entries[:count])
+        await self.gate.wait()
+        return count
+
+
+async def test_shutdown_while_a_worker_spills_holds_the_request_once() -> None:
+    sender, metrics = ScriptedSender(default=503), Metrics()
+    spill = LateAnswer()
+    outbox = Outbox(sender, upstream(retries=0), metrics, spill=spill)
+    outbox.start()
+    assert await outbox.put(request(7))
+    await until(lambda: spill.held == [7])  # retries exhausted: handed to the spill
+    stopping = asyncio.create_task(outbox.shutdown(0.0))  # cancels the worker meanwhile
+    await asyncio.sleep(0.05)
+    spill.gate.set()
+    assert await stopping == 1  # memory only: lost at exit, and counted
+    assert spill.held == [7]  # not held a second time as an in-flight leftover
+    assert sample(metrics, "beacons_spilled_total", reason="retries_exhausted") == 1
+    assert sample(metrics, "beacons_spilled_total", reason="shutdown") == 0
 
 
 async def test_shutdown_without_redis_reports_what_it_could_not_deliver() -> None:

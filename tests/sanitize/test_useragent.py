@@ -231,6 +231,17 @@ def test_with_allow_headless_headless_chromium_is_chrome_and_other_bots_stay_bot
             assert allowing.generalise(ua).is_bot, name
 
 
+def test_generalisers_share_matchers_but_not_their_settings_or_caches() -> None:
+    # uap-core's matchers cost about 24 MiB; the pipeline, MP ingest and explain each hold a
+    # generaliser, so one process builds them once (48 MiB of start-up RSS otherwise).
+    allowing, strict = UserAgentGeneraliser(allow_headless=True), UserAgentGeneraliser()
+    assert allowing._parser is strict._parser is GENERALISER._parser
+    # The one that allows headless Chromium parses it first; the other still sees a bot.
+    assert not allowing.generalise(BOTS["headless-chrome"]).is_bot
+    assert strict.cached == 0
+    assert strict.generalise(BOTS["headless-chrome"]).is_bot
+
+
 @pytest.mark.parametrize("ua", [None, ""])
 def test_missing_ua_is_generic_and_not_a_bot(ua: str | None) -> None:
     assert GENERALISER.generalise(ua) == GeneralisedAgent(GENERIC, "Other", "", "Other", False)
