@@ -209,11 +209,13 @@ class TagCache:
                 return body
         try:
             body = await self._build(key)
+            self._keep(key, body)
+            # Written before the lock goes: a replica waiting for it reads the copy once the
+            # lock is gone, and would fetch again if the copy were not there yet.
+            await self._write_shared(key, body)
         finally:
             if self._redis is not None:
                 await self._unlock(key)
-        self._keep(key, body)
-        await self._write_shared(key, body)
         return body
 
     async def _wait_for_peer(self, key: str) -> TagBody | None:

@@ -10,7 +10,14 @@ import brotli
 import pytest
 from redis.asyncio import Redis
 
-from proxy.tag.cache import CACHE_PREFIX, INDEX_KEY, TagBody, TagCache, TagUnavailable
+from proxy.tag.cache import (
+    CACHE_PREFIX,
+    INDEX_KEY,
+    LOCK_PREFIX,
+    TagBody,
+    TagCache,
+    TagUnavailable,
+)
 from tests.redis_server import RedisServer
 
 TTL, MAX_STALE = 60.0, 600.0
@@ -159,6 +166,35 @@ async def test_replicas_on_one_redis_fetch_once_and_share_the_copy(redis_url: st
     finally:
         for client in clients:
             await client.aclose()
+
+
+async def test_the_shared_copy_is_in_redis_before_the_lock_is_released(redis_url: str) -> None:
+    # A replica waiting for the lock's holder fetches itself once the lock is gone and no
+    # copy is there: the order in which Redis executed the commands (MONITOR) shows it.
+    clock = Clock()
+    client, watcher = Redis.from_url(redis_url), Redis.from_url(redis_url)
+    executed: list[str] = []
+    try:
+        async with watcher.monitor() as monitor:
+            async def watch() -> None:
+                while True:
+                    executed.append((await monitor.next_command())["command"])
+
+            watching = asyncio.create_task(watch())
+            await make(clock, Origin(clock), client).get("k")
+            await client.ping()  # the last command: everything before it was executed
+            for _ in range(200):
+                if executed and executed[-1] == "PING":
+                    break
+                await asyncio.sleep(0.01)
+            watching.cancel()
+            await asyncio.gather(watching, return_exceptions=True)
+    finally:
+        await client.aclose()
+        await watcher.aclose()
+    written = next(i for i, c in enumerate(executed) if c.startswith(f"HSET {CACHE_PREFIX}k "))
+    released = next(i for i, c in enumerate(executed) if c == f"DEL {LOCK_PREFIX}k")
+    assert written < released
 
 
 async def test_a_refresh_by_one_replica_reaches_the_others(redis_url: str) -> None:
